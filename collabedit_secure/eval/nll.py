@@ -1,0 +1,37 @@
+"""Length-normalised target NLL, the scoring primitive of the CounterFact metrics.
+
+NLL(o | x) = -(1/|o|) sum_j log p(o_j | x, o_<j), with o tokenised as tok(" " + o) and logits read
+at position len(tok(x)) + j - 1 (MEMIT's `test_batch_prediction`). Works with right or left padding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+@torch.no_grad()
+def target_nll(model, tok, prefixes: list[str], targets: list[str], batch_size: int = 64) -> torch.Tensor:
+    """Mean per-token NLL of each target continuing its prefix; returns a float64 tensor of len(prefixes)."""
+    if len(prefixes) != len(targets):
+        raise ValueError(f"{len(prefixes)} prefixes but {len(targets)} targets")
+    device = next(model.parameters()).device
+    out = torch.empty(len(prefixes), dtype=torch.float64)
+    for start in range(0, len(prefixes), batch_size):
+        chunk = range(start, min(start + batch_size, len(prefixes)))
+        prefix_ids = [tok(prefixes[i])["input_ids"] for i in chunk]
+        target_ids = [tok(" " + targets[i].strip())["input_ids"] for i in chunk]
+        seqs = [p + t for p, t in zip(prefix_ids, target_ids)]
+        width = max(len(s) for s in seqs)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):  # right padding: positions are counted from the start
+            input_ids[row, : len(seq)] = torch.tensor(seq)
+            attention[row, : len(seq)] = 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        for row, (p, t) in enumerate(zip(prefix_ids, target_ids)):
+            positions = torch.arange(len(p) - 1, len(p) + len(t) - 1)
+            token_logp = logp[row, positions, torch.tensor(t)]
+            out[start + row] = -token_logp.double().mean()
+    return out

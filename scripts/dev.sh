@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine: creates (or reuses) .venv, installs the project with its
+# compiled kernels, then runs the main job or the tests.
+#   scripts/dev.sh demo   a real multi-party collaborative edit on the embedded default
+#   scripts/dev.sh test   the test suite
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${COLLABEDIT_VENV:-.venv}
+
+bootstrap() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    python3.11 -m venv "$VENV" 2>/dev/null || python3 -m venv "$VENV"
+  fi
+  # Reinstall only when the dependency list or the compiled sources changed.
+  local stamp="$VENV/.installed" want
+  want=$(cat requirements.txt pyproject.toml setup.py CMakeLists.txt 2>/dev/null; \
+         find csrc proto -type f -print0 2>/dev/null | sort -z | xargs -0 cat 2>/dev/null) 
+  want=$(printf '%s' "$want" | sha256sum | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -r requirements.txt
+    "$VENV/bin/python" -m pip install -q --no-build-isolation -e ".[test]"
+    echo "$want" > "$stamp"
+  fi
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+  demo)
+    bootstrap
+    exec "$VENV/bin/collabedit" simulate --parties 3 --edits-per-party 10 --rounds 1 \
+      --schedule sequential --methods collabedit,global,ta,sa,ties --json results/demo.json "$@"
+    ;;
+  test)
+    bootstrap
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  *)
+    echo "usage: scripts/dev.sh demo|test [extra args]" >&2
+    exit 2
+    ;;
+esac
