@@ -1,0 +1,131 @@
+"""Where MEMIT's pieces live in each model family, chosen from `config.model_type`.
+
+The edited weight is the MLP's output projection (d_out = hidden size, d_in = MLP width). GPT-2
+stores it as a Conv1D of shape (in, out), so an update computed as (out, in) is transposed on apply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+
+@dataclass(frozen=True)
+class ModuleTemplates:
+    rewrite: str  # the edited projection; "{}" is the layer index
+    layer: str  # the transformer block whose output is the residual stream
+    mlp: str
+    attn: str
+    ln_f: str
+    lm_head: str  # unembedding: weight (vocab x hidden) and optional bias
+
+
+_GPT2 = ModuleTemplates(
+    "transformer.h.{}.mlp.c_proj", "transformer.h.{}", "transformer.h.{}.mlp",
+    "transformer.h.{}.attn", "transformer.ln_f", "transformer.wte",
+)
+_GPTJ = ModuleTemplates(
+    "transformer.h.{}.mlp.fc_out", "transformer.h.{}", "transformer.h.{}.mlp",
+    "transformer.h.{}.attn", "transformer.ln_f", "lm_head",
+)
+_NEOX = ModuleTemplates(
+    "gpt_neox.layers.{}.mlp.dense_4h_to_h", "gpt_neox.layers.{}", "gpt_neox.layers.{}.mlp",
+    "gpt_neox.layers.{}.attention", "gpt_neox.final_layer_norm", "embed_out",
+)
+_LLAMA_LIKE = ModuleTemplates(
+    "model.layers.{}.mlp.down_proj", "model.layers.{}", "model.layers.{}.mlp",
+    "model.layers.{}.self_attn", "model.norm", "lm_head",
+)
+
+FAMILIES: dict[str, ModuleTemplates] = {
+    "gpt2": _GPT2,
+    "gptj": _GPTJ,
+    "gpt_neox": _NEOX,
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+}
+
+
+class UnsupportedModelError(ValueError):
+    """The model family has no known MEMIT module layout."""
+
+
+def block_hidden(output) -> torch.Tensor:
+    """The hidden state a transformer block returns: a bare tensor, or the first item of a tuple."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def get_module(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError as err:
+        raise UnsupportedModelError(f"model has no module {name!r} ({type(model).__name__})") from err
+
+
+@dataclass(frozen=True)
+class ModelAdapter:
+    family: str
+    n_layer: int
+    hidden_size: int
+    templates: ModuleTemplates
+
+    @classmethod
+    def from_config(cls, config, overrides: dict[str, str] | None = None) -> "ModelAdapter":
+        """Family defaults, with any template given in `overrides` (field name -> template) replacing them."""
+        family = getattr(config, "model_type", None)
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        if family in FAMILIES:
+            templates = replace(FAMILIES[family], **overrides)
+        elif set(overrides) == set(ModuleTemplates.__dataclass_fields__):
+            templates = ModuleTemplates(**overrides)
+        else:
+            raise UnsupportedModelError(
+                f"unknown model family {family!r}; supported: {', '.join(sorted(FAMILIES))} "
+                "(or give all six module templates in the hparams)"
+            )
+        return cls(family, int(config.num_hidden_layers), int(config.hidden_size), templates)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, hparams=None) -> "ModelAdapter":
+        overrides = hparams.module_overrides() if hparams is not None else None
+        adapter = cls.from_config(model.config, overrides)
+        adapter.check(model)
+        return adapter
+
+    def check(self, model: torch.nn.Module) -> None:
+        """Every template must resolve on this model (fail early, with the missing name)."""
+        for name in (self.rewrite_name(0), self.layer_name(self.n_layer - 1), self.templates.ln_f,
+                     self.templates.lm_head):
+            get_module(model, name)
+
+    def rewrite_name(self, layer: int) -> str:
+        return self.templates.rewrite.format(layer)
+
+    def layer_name(self, layer: int) -> str:
+        return self.templates.layer.format(layer)
+
+    def rewrite_module(self, model, layer: int) -> torch.nn.Module:
+        return get_module(model, self.rewrite_name(layer))
+
+    @staticmethod
+    def is_transposed(module: torch.nn.Module) -> bool:
+        """Conv1D (GPT-2) keeps its weight as (in, out); nn.Linear keeps (out, in)."""
+        return type(module).__name__ == "Conv1D"
+
+    def weight_out_in(self, model, layer: int) -> torch.Tensor:
+        """The edited weight as (d_out, d_in), a view into the model."""
+        module = self.rewrite_module(model, layer)
+        return module.weight.T if self.is_transposed(module) else module.weight
+
+    def key_dim(self, model, layer: int) -> int:
+        return self.weight_out_in(model, layer).shape[1]
+
+    def unembed(self, model, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits from a residual-stream state: ln_f, then the unembedding (weight^T + bias)."""
+        normed = get_module(model, self.templates.ln_f)(hidden)
+        head = get_module(model, self.templates.lm_head)
+        logits = normed @ head.weight.T
+        bias = getattr(head, "bias", None)
+        return logits + bias if bias is not None else logits

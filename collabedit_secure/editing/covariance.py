@@ -1,0 +1,221 @@
+"""C0 = E[k kᵀ]: the uncentred second moment of the edited projection's input over a text corpus.
+
+Accumulated in float64 over every non-padding token (MEMIT `layer_stats`), cached on disk under a key
+that hashes the model weights, layer, corpus, sample count and max length, checkpointed atomically
+so an interrupted run resumes where it stopped, and stored in MEMIT's npz layout (`mom2.mom2` raw
+sum, `mom2.count`) so MEMIT's published statistics import and ours export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..kernels import covariance_accumulate
+from .fingerprint import weights_digest
+from .hooks import run_until_stop, trace
+
+log = logging.getLogger(__name__)
+MEMIT_CONSTRUCTOR = "util.runningstats.SecondMoment()"
+
+
+class CorruptStatsError(ValueError):
+    """A statistics file cannot be read or fails its checksum."""
+
+
+@dataclass
+class SecondMoment:
+    mom2: torch.Tensor  # raw sum of k kᵀ, float64, d x d
+    count: int  # number of keys summed
+
+    def moment(self) -> torch.Tensor:
+        if self.count <= 0:
+            raise ValueError("second moment of zero samples is undefined")
+        return self.mom2 / self.count
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    root = cache_dir or os.environ.get("COLLABEDIT_CACHE") or Path.home() / ".cache" / "collabedit_secure"
+    return Path(root)
+
+
+def _atomic_savez(path: Path, **arrays) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+    os.replace(tmp, path)
+
+
+def _file_sha256(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def export_memit_stats(stat: SecondMoment, path: str | Path, dtype=np.float32) -> Path:
+    """Write MEMIT's layout (what `CombinedStat(mom2=SecondMoment())` saves). MEMIT itself uses float32."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_savez(path, **{
+        "mom2.constructor": np.array(MEMIT_CONSTRUCTOR),
+        "mom2.count": np.array(stat.count),
+        "mom2.mom2": stat.mom2.numpy().astype(dtype),
+    })
+    return path
+
+
+def import_memit_stats(path: str | Path) -> SecondMoment:
+    """Read MEMIT's `*_mom2_*.npz` (keys `mom2.mom2`, `mom2.count`; bare `mom2`, `count` also accepted)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            prefix = "mom2." if "mom2.mom2" in data else ""
+            mom2, count = data[prefix + "mom2"], data[prefix + "count"]
+    except (OSError, ValueError, KeyError, EOFError) as err:
+        raise CorruptStatsError(f"{path}: not a readable MEMIT second-moment file ({err})") from err
+    if mom2.ndim != 2 or mom2.shape[0] != mom2.shape[1]:
+        raise CorruptStatsError(f"{path}: mom2 has shape {mom2.shape}, expected square")
+    return SecondMoment(torch.from_numpy(mom2.astype(np.float64)), int(count))
+
+
+def corpus_digest(texts: list[str]) -> str:
+    hasher = hashlib.blake2b(digest_size=16)
+    for text in texts:
+        data = text.encode()
+        hasher.update(len(data).to_bytes(8, "little"))
+        hasher.update(data)
+    return hasher.hexdigest()
+
+
+@dataclass
+class StatsCache:
+    """Files of one statistic: final npz + checksum sidecar, and the resumable partial sum."""
+
+    directory: Path
+    key: str
+
+    @property
+    def final(self) -> Path:
+        return self.directory / f"{self.key}.npz"
+
+    @property
+    def sidecar(self) -> Path:
+        return self.directory / f"{self.key}.json"
+
+    @property
+    def partial(self) -> Path:
+        return self.directory / f"{self.key}.partial.npz"
+
+    def load(self) -> SecondMoment | None:
+        """The cached statistic, or None if absent; a corrupt file is reported and discarded."""
+        if not self.final.exists():
+            return None
+        try:
+            meta = json.loads(self.sidecar.read_text())
+            if meta.get("sha256") != _file_sha256(self.final):
+                raise CorruptStatsError(f"{self.final}: checksum mismatch")
+            return import_memit_stats(self.final)
+        except (OSError, ValueError, CorruptStatsError) as err:
+            log.warning("discarding corrupt statistics cache (%s); recomputing", err)
+            self.final.unlink(missing_ok=True)
+            self.sidecar.unlink(missing_ok=True)
+            return None
+
+    def store(self, stat: SecondMoment, info: dict) -> None:
+        export_memit_stats(stat, self.final, dtype=np.float64)
+        sidecar = {**info, "count": stat.count, "sha256": _file_sha256(self.final)}
+        tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
+        tmp.write_text(json.dumps(sidecar, indent=2))
+        os.replace(tmp, self.sidecar)
+        self.partial.unlink(missing_ok=True)
+
+    def checkpoint(self, acc: torch.Tensor, count: int, position: int) -> None:
+        _atomic_savez(self.partial, mom2=acc.numpy(), count=np.array(count), position=np.array(position))
+
+    def resume(self, d: int) -> tuple[torch.Tensor, int, int] | None:
+        if not self.partial.exists():
+            return None
+        try:
+            with np.load(self.partial, allow_pickle=False) as data:
+                acc, count, position = data["mom2"], int(data["count"]), int(data["position"])
+        except (OSError, ValueError, KeyError, EOFError) as err:
+            log.warning("ignoring unreadable partial statistics %s (%s)", self.partial, err)
+            return None
+        if acc.shape != (d, d):
+            return None
+        return torch.from_numpy(acc.astype(np.float64)), count, position
+
+
+def _max_length(model, max_length: int | None) -> int:
+    if max_length is not None:
+        return max_length
+    config = model.config
+    return int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings"))
+
+
+@torch.no_grad()
+def _accumulate_batch(model, tok, layer_name: str, texts: list[str], max_length: int, acc: torch.Tensor) -> int:
+    """acc += Σ k kᵀ over the batch's non-padding tokens; returns how many tokens were added."""
+    device = next(model.parameters()).device
+    enc = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    mask = enc["attention_mask"]
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    with trace(model, [layer_name], "input", stop=True) as seen:
+        run_until_stop(model, input_ids=enc["input_ids"].to(device), attention_mask=mask.to(device),
+                       position_ids=position_ids.to(device))
+    keys = seen[layer_name].reshape(-1, seen[layer_name].shape[-1]).cpu()
+    covariance_accumulate(acc, keys, mask.reshape(-1).bool())
+    return int(mask.sum())
+
+
+def layer_stats(model, tok, layer_name: str, texts: list[str], *, n_samples: int | None = None,
+                max_length: int | None = None, batch_size: int = 16, cache_dir: str | Path | None = None,
+                progress: bool = True, checkpoint_every: int = 20,
+                on_batch: Callable[[int], None] | None = None) -> SecondMoment:
+    """Second moment of `layer_name`'s input over the first n_samples non-empty texts (cached, resumable).
+
+    `on_batch(position)` is called after each batch with the number of texts consumed so far.
+    """
+    texts = [t for t in texts if t.strip()][:n_samples]
+    if not texts:
+        raise ValueError("covariance corpus is empty")
+    max_length = _max_length(model, max_length)
+    info = {"layer": layer_name, "model": weights_digest(model), "corpus": corpus_digest(texts),
+            "n_samples": len(texts), "max_length": max_length}
+    key = hashlib.blake2b(json.dumps(info, sort_keys=True).encode(), digest_size=16).hexdigest()
+    directory = cache_root(cache_dir) / "stats"
+    directory.mkdir(parents=True, exist_ok=True)
+    cache = StatsCache(directory, f"{layer_name}_mom2_{len(texts)}_{key}")
+    cached = cache.load()
+    if cached is not None:
+        return cached
+
+    was_training = model.training
+    model.eval()
+    d = model.get_submodule(layer_name).weight.shape  # Linear (out, in) or Conv1D (in, out)
+    d_in = d[0] if type(model.get_submodule(layer_name)).__name__ == "Conv1D" else d[1]
+    acc, count, position = cache.resume(d_in) or (torch.zeros(d_in, d_in, dtype=torch.float64), 0, 0)
+    batches = range(position, len(texts), batch_size)
+    try:
+        for number, start in enumerate(tqdm(batches, desc=f"C0 {layer_name}", disable=not progress), 1):
+            count += _accumulate_batch(model, tok, layer_name, texts[start:start + batch_size], max_length, acc)
+            position = min(start + batch_size, len(texts))
+            if number % checkpoint_every == 0:
+                cache.checkpoint(acc, count, position)
+            if on_batch is not None:
+                on_batch(position)
+    finally:
+        model.train(was_training)
+    stat = SecondMoment(acc, count)
+    cache.store(stat, info)
+    return stat

@@ -1,0 +1,113 @@
+"""EditDelta: the per-layer weight updates of one edit, with what is needed to reproduce it.
+
+ΔW is kept as (d_out, d_in) whatever the module's storage; apply() transposes for Conv1D.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .adapters import ModelAdapter, get_module
+from .fingerprint import weights_digest
+
+TENSORS_FILE = "delta.safetensors"
+METADATA_FILE = "metadata.json"
+
+
+class DeltaMismatchError(ValueError):
+    """The delta does not belong to this model (other weights, shapes or modules)."""
+
+
+def edited_weight_names(weights: dict) -> list[str]:
+    return [f"{module}.weight" for module in sorted(weights)]
+
+
+@dataclass
+class EditDelta:
+    weights: dict[str, torch.Tensor]  # module name -> ΔW (d_out, d_in)
+    metadata: dict = field(default_factory=dict)
+    _originals: dict = field(default_factory=dict, repr=False)  # id(model) -> (weights before, digest after)
+
+    def __post_init__(self) -> None:
+        if not self.weights:
+            raise ValueError("an EditDelta needs at least one layer update")
+
+    @staticmethod
+    def fingerprint(model, module_names) -> str:
+        return weights_digest(model, edited_weight_names(dict.fromkeys(module_names)))
+
+    def _stored_view(self, model, name: str) -> tuple[torch.nn.Parameter, torch.Tensor]:
+        """The module's weight, and ΔW laid out like it."""
+        module = get_module(model, name)
+        update = self.weights[name]
+        stored = update.T if ModelAdapter.is_transposed(module) else update
+        if tuple(stored.shape) != tuple(module.weight.shape):
+            raise DeltaMismatchError(
+                f"{name}: delta has shape {tuple(update.shape)} (out, in) but the weight is {tuple(module.weight.shape)}"
+            )
+        return module.weight, stored
+
+    def _check_base(self, model) -> None:
+        expected = self.metadata.get("model_fingerprint")
+        actual = self.fingerprint(model, self.weights)
+        if expected is not None and expected != actual:
+            raise DeltaMismatchError(
+                f"model fingerprint {actual} differs from the one this delta was computed on ({expected}): "
+                "a delta only applies to the exact weights it was computed from"
+            )
+
+    @torch.no_grad()
+    def apply(self, model) -> None:
+        """W += ΔW (cast to the weight's dtype), after checking this is the model the delta was made for."""
+        self._check_base(model)
+        views = {name: self._stored_view(model, name) for name in self.weights}
+        before = {name: weight.detach().clone() for name, (weight, _) in views.items()}
+        for weight, stored in views.values():
+            weight += stored.to(weight.dtype, copy=False).to(weight.device)
+        self._originals[id(model)] = (before, self.fingerprint(model, self.weights))
+
+    @torch.no_grad()
+    def revert(self, model) -> None:
+        """Undo apply(): restore the exact weights saved by apply() on this model object.
+
+        A model this delta was not applied to in this process (e.g. an edited model loaded from
+        disk) gets ΔW subtracted instead, which restores it up to float rounding.
+        """
+        record = self._originals.get(id(model))
+        if record is not None and self.fingerprint(model, self.weights) != record[1]:
+            raise DeltaMismatchError("the edited weights changed since apply(); refusing to overwrite them")
+        for name in self.weights:
+            weight, stored = self._stored_view(model, name)
+            if record is None:
+                weight -= stored.to(weight.dtype).to(weight.device)
+            else:
+                weight.copy_(record[0][name])
+        self._originals.pop(id(model), None)
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous().cpu() for k, v in self.weights.items()}, str(directory / TENSORS_FILE))
+        (directory / METADATA_FILE).write_text(json.dumps(self.metadata, indent=2, sort_keys=True, default=str))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "EditDelta":
+        directory = Path(directory)
+        for name in (TENSORS_FILE, METADATA_FILE):
+            if not (directory / name).exists():
+                raise FileNotFoundError(f"{directory} is not a saved EditDelta: {name} is missing")
+        weights = load_file(str(directory / TENSORS_FILE))
+        return cls(weights=weights, metadata=json.loads((directory / METADATA_FILE).read_text()))
+
+
+def creation_info() -> dict:
+    import transformers
+
+    return {"created_unix": time.time(), "torch": torch.__version__, "transformers": transformers.__version__}

@@ -1,0 +1,153 @@
+"""MEMIT hyperparameters, with the field names of the MEMIT/EasyEdit JSON and YAML files."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+# Keys EasyEdit puts in its MEMIT YAML files that describe the run, not the algorithm.
+EASYEDIT_ONLY_KEYS = frozenset(
+    {"alg_name", "model_name", "device", "stats_dir", "model_parallel", "fp16", "max_length", "batch_size"}
+)
+SUPPORTED_FACT_TOKENS = ("subject_last",)
+_FLOAT_FIELDS = ("v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor", "mom2_update_weight")
+
+
+class HparamsError(ValueError):
+    """A hyperparameter file or value is invalid."""
+
+
+@dataclass
+class MemitHparams:
+    layers: list[int]
+    v_loss_layer: int
+    layer_selection: str = "all"
+    fact_token: str = "subject_last"
+    v_num_grad_steps: int = 20
+    v_lr: float = 0.5
+    v_weight_decay: float = 0.5
+    clamp_norm_factor: float = 0.75
+    kl_factor: float = 0.0625
+    mom2_adjustment: bool = True
+    mom2_update_weight: float = 20000.0
+    # Module templates; None means "the model family's default" (see adapters.FAMILIES).
+    rewrite_module_tmp: str | None = None
+    layer_module_tmp: str | None = None
+    mlp_module_tmp: str | None = None
+    attn_module_tmp: str | None = None
+    ln_f_module: str | None = None
+    lm_head_module: str | None = None
+    mom2_dataset: str = "wikipedia"
+    mom2_n_samples: int = 100000
+    mom2_dtype: str = "float32"
+    # Ours: MEMIT leaves templates unseeded; a federation needs them reproducible.
+    context_template_seed: int = 0
+    context_template_length_params: list[list[int]] = field(default_factory=lambda: [[10, 5]])
+    mom2_batch_size: int = 16
+    mom2_max_length: int | None = None  # None: the model's n_positions
+
+    def __post_init__(self) -> None:
+        for name in _FLOAT_FIELDS:  # YAML 1.1 reads "5e-1" as a string
+            value = getattr(self, name)
+            try:
+                setattr(self, name, float(value))
+            except (TypeError, ValueError):
+                raise HparamsError(f"{name} must be a number, got {value!r}") from None
+        self.validate()
+
+    def validate(self) -> None:
+        if not isinstance(self.layers, list) or not self.layers:
+            raise HparamsError("layers must be a non-empty list of layer indices")
+        if any(not isinstance(l, int) or l < 0 for l in self.layers):
+            raise HparamsError(f"layers must be non-negative integers, got {self.layers}")
+        if self.layers != sorted(set(self.layers)):
+            raise HparamsError(f"layers must be strictly increasing, got {self.layers}")
+        if self.fact_token not in SUPPORTED_FACT_TOKENS:
+            raise HparamsError(
+                f"fact_token {self.fact_token!r} is not supported; only {SUPPORTED_FACT_TOKENS} "
+                "(MEMIT's other modes are unused or, for 'last', known to be broken)"
+            )
+        if self.v_num_grad_steps < 1:
+            raise HparamsError(f"v_num_grad_steps must be >= 1, got {self.v_num_grad_steps}")
+        for name in ("v_lr", "clamp_norm_factor", "mom2_update_weight"):
+            if getattr(self, name) <= 0:
+                raise HparamsError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("v_weight_decay", "kl_factor"):
+            if getattr(self, name) < 0:
+                raise HparamsError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.mom2_dtype not in ("float16", "bfloat16", "float32", "float64"):
+            raise HparamsError(f"mom2_dtype must be a float dtype name, got {self.mom2_dtype!r}")
+        for pair in self.context_template_length_params:
+            if len(pair) != 2 or pair[0] < 1 or pair[1] < 0 or pair[1] % 5:
+                raise HparamsError(
+                    "context_template_length_params entries are [max_tokens >= 1, count a multiple of 5 "
+                    f"(one per seed prompt)], got {pair}"
+                )
+
+    def validate_for(self, n_layer: int) -> None:
+        """Checks that need the model's depth."""
+        if self.layers[-1] >= n_layer:
+            raise HparamsError(f"layers {self.layers} out of range for a model with {n_layer} layers")
+        if not 0 <= self.v_loss_layer < n_layer:
+            raise HparamsError(f"v_loss_layer {self.v_loss_layer} out of range for a model with {n_layer} layers")
+
+    @property
+    def z_layer(self) -> int:
+        return self.layers[-1]
+
+    @property
+    def loss_layer(self) -> int:
+        return max(self.v_loss_layer, self.z_layer)
+
+    def module_overrides(self) -> dict[str, str | None]:
+        return {
+            "rewrite": self.rewrite_module_tmp, "layer": self.layer_module_tmp, "mlp": self.mlp_module_tmp,
+            "attn": self.attn_module_tmp, "ln_f": self.ln_f_module, "lm_head": self.lm_head_module,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MemitHparams":
+        known = {f.name for f in dataclasses.fields(cls)}
+        ignored = sorted(k for k in data if k in EASYEDIT_ONLY_KEYS and k not in known)
+        unknown = sorted(k for k in data if k not in known and k not in EASYEDIT_ONLY_KEYS)
+        if unknown:
+            raise HparamsError(f"unknown MEMIT hyperparameter(s): {', '.join(unknown)}")
+        if ignored:
+            log.info("ignoring EasyEdit run settings (not MEMIT hyperparameters): %s", ", ".join(ignored))
+        missing = [k for k in ("layers", "v_loss_layer") if k not in data]
+        if missing:
+            raise HparamsError(f"missing required hyperparameter(s): {', '.join(missing)}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "MemitHparams":
+        with open(path) as handle:
+            data = yaml.safe_load(handle)
+        if not isinstance(data, dict):
+            raise HparamsError(f"{path}: expected a mapping of hyperparameters")
+        try:
+            return cls.from_dict(data)
+        except HparamsError as err:
+            raise HparamsError(f"{path}: {err}") from None
+
+    @classmethod
+    def builtin(cls, name: str) -> "MemitHparams":
+        """One of the shipped files in editing/hparams/, e.g. "gpt2-xl" or "default-world"."""
+        path = Path(__file__).parent / "hparams" / f"{name}.yaml"
+        if not path.exists():
+            shipped = sorted(p.stem for p in path.parent.glob("*.yaml"))
+            raise HparamsError(f"no shipped hparams {name!r}; available: {', '.join(shipped)}")
+        return cls.from_yaml(path)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: str | Path) -> None:
+        with open(path, "w") as handle:
+            yaml.safe_dump(self.to_dict(), handle, sort_keys=False)

@@ -1,0 +1,213 @@
+"""MEMIT as a collaboration: parties contribute per-layer sums, a coordinator solves.
+
+For edited layer l_i (i = 0..L-1) a party with requests j holds keys K (d_in x n) and residuals
+R = (Z - cur_z) / (L - i) (d_out x n), and contributes
+
+    S_KK = K Kᵀ,   S_RK = R Kᵀ;     the coordinator solves   ΔW = ΣS_RK (λC0 + C_acc + ΣS_KK)⁻¹.
+
+Z is optimised once per round on the model as it stands before the round. Schedules:
+  parallel    every layer's K, R on the unedited model; one aggregation for all layers (CollabEdit's code);
+  sequential  layer by layer: contributions on the current weights, aggregate, solve, apply ΔW_l, go on
+              (true MEMIT; collaborative == global exactly, because every party sees the same weights).
+Global MEMIT is one party holding every request; a party's local MEMIT is one party with its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..kernels import regularized_solve, unpack_upper
+from .adapters import ModelAdapter
+from .context import check_templates, generate_context_templates
+from .delta import EditDelta, creation_info
+from .hparams import MemitHparams
+from .keys import compute_keys
+from .requests import EditRequest
+from .targets import compute_targets
+
+SCHEDULES = ("parallel", "sequential")
+
+
+@dataclass
+class LayerContribution:
+    layer: int
+    s_kk: torch.Tensor  # K Kᵀ, d_in x d_in, float64
+    s_rk: torch.Tensor  # R Kᵀ, d_out x d_in, float64
+    keys: torch.Tensor | None = None  # K, kept only when asked (tests, diagnostics)
+    residuals: torch.Tensor | None = None  # R
+
+
+Aggregate = Callable[[str, list[LayerContribution]], tuple[torch.Tensor, torch.Tensor]]
+
+
+def sum_contributions(layer_name: str, contributions: list[LayerContribution]) -> tuple[torch.Tensor, torch.Tensor]:
+    """In-process aggregation: plain sums (the secure protocol replaces this)."""
+    del layer_name
+    s_kk = sum(c.s_kk for c in contributions)
+    s_rk = sum(c.s_rk for c in contributions)
+    return s_kk, s_rk
+
+
+class PartyWorker:
+    """One party's side of a round: its requests, its targets Z, its per-layer contributions."""
+
+    def __init__(self, model, tok, requests: list[EditRequest], hparams: MemitHparams,
+                 templates: list[list[str]], adapter: ModelAdapter | None = None, keep_factors: bool = False):
+        self.model, self.tok, self.requests, self.hp = model, tok, requests, hparams
+        self.templates = templates
+        self.adapter = adapter or ModelAdapter.from_model(model, hparams)
+        self.keep_factors = keep_factors
+        self.targets: torch.Tensor | None = None
+
+    def compute_targets(self) -> torch.Tensor:
+        """Z for this round: call once, on the model before any of this round's updates."""
+        self.targets = compute_targets(self.model, self.tok, self.adapter, self.hp, self.requests, self.templates)
+        return self.targets
+
+    def contributions(self, positions: list[int]) -> dict[int, LayerContribution]:
+        """Contributions for hparams.layers[i], i in positions, on the model's current weights."""
+        if self.targets is None:
+            raise RuntimeError("compute_targets() must run before contributions() in each round")
+        layers = [self.hp.layers[i] for i in positions]
+        keys, cur_z = compute_keys(self.model, self.tok, self.adapter, self.requests, layers,
+                                   self.templates, self.hp.z_layer)
+        out = {}
+        for i, layer in zip(positions, layers):
+            k = keys[layer]
+            r = (self.targets - cur_z) / (len(self.hp.layers) - i)  # spread the remaining residual
+            out[layer] = LayerContribution(layer, k @ k.T, r @ k.T, k if self.keep_factors else None,
+                                           r if self.keep_factors else None)
+        return out
+
+
+@dataclass
+class EditResult:
+    delta: EditDelta
+    s_kk: dict[str, torch.Tensor]  # aggregated K Kᵀ per module, for C_acc += λ S_KK
+    contributions: list[dict[int, LayerContribution]]  # per party, per layer (sums; factors if kept)
+
+
+def update_dynamic_covariance(c_acc: dict[str, torch.Tensor] | None, s_kk: dict[str, torch.Tensor],
+                              lam: float) -> dict[str, torch.Tensor]:
+    """Multi-round "dynamic covariance": C_acc + λ S_KK per layer (a new dict; inputs untouched)."""
+    c_acc = c_acc or {}
+    return {name: c_acc.get(name, 0) + lam * kk for name, kk in s_kk.items()}
+
+
+def _check_parties(parties) -> None:
+    if not isinstance(parties, (list, tuple)) or not parties:
+        raise ValueError("edit needs at least one party (a list of lists of EditRequest)")
+    for index, party in enumerate(parties):
+        if not isinstance(party, (list, tuple)) or not party:
+            raise ValueError(f"party {index} has no edit requests; nothing would be edited for it")
+        for request in party:
+            if not isinstance(request, EditRequest):
+                raise TypeError(f"party {index}: expected EditRequest, got {type(request).__name__}")
+
+
+def _by_module(matrices: dict | None, adapter: ModelAdapter, layers: list[int], what: str,
+               dims: dict[str, int], required: bool) -> dict[str, torch.Tensor]:
+    """Per-layer square matrices keyed by layer index or module name, re-keyed by module name."""
+    matrices = matrices or {}
+    out = {}
+    for layer in layers:
+        name = adapter.rewrite_name(layer)
+        value = matrices.get(name, matrices.get(layer))
+        if value is None:
+            if required:
+                raise KeyError(f"{what} missing for layer {layer} ({name})")
+            continue
+        value = unpack_upper(value) if value.dim() == 1 else value
+        if tuple(value.shape) != (dims[name], dims[name]):
+            raise ValueError(f"{what} for {name} has shape {tuple(value.shape)}, expected ({dims[name]}, {dims[name]})")
+        out[name] = value.to(torch.float64).cpu()
+    return out
+
+
+def _solve(name, c0, lam, s_kk, s_rk, c_acc) -> torch.Tensor:
+    return regularized_solve(c0[name], lam, s_kk, s_rk, c_acc=c_acc.get(name), layer=name)
+
+
+def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0: dict,
+         schedule: str = "parallel", c_acc: dict | None = None, templates: list[list[str]] | None = None,
+         aggregate: Aggregate = sum_contributions, keep_factors: bool = False,
+         stats_files: dict | None = None) -> EditResult:
+    """One round of collaborative MEMIT; the model is left exactly as it was, the update is returned."""
+    _check_parties(parties)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    adapter = ModelAdapter.from_model(model, hparams)
+    hparams.validate_for(adapter.n_layer)
+    layers, lam = hparams.layers, hparams.mom2_update_weight
+    names = [adapter.rewrite_name(layer) for layer in layers]
+    dims = {name: adapter.key_dim(model, layer) for name, layer in zip(names, layers)}
+    c0 = _by_module(c0, adapter, layers, "C0", dims, required=True)
+    c_acc = _by_module(c_acc, adapter, layers, "C_acc", dims, required=False)
+    base_fingerprint = EditDelta.fingerprint(model, names)
+    if templates is None:
+        templates = generate_context_templates(model, tok, hparams.context_template_seed,
+                                               hparams.context_template_length_params)
+    templates = check_templates(templates)
+
+    originals = {layer: adapter.weight_out_in(model, layer).detach().clone() for layer in layers}
+    was_training = model.training
+    model.eval()
+    try:
+        workers = [PartyWorker(model, tok, list(p), hparams, templates, adapter, keep_factors) for p in parties]
+        for worker in workers:
+            worker.compute_targets()
+        if schedule == "parallel":
+            updates, s_kk, kept = _run_parallel(workers, layers, names, c0, c_acc, lam, aggregate)
+        else:
+            updates, s_kk, kept = _run_sequential(model, adapter, workers, originals, names, c0, c_acc,
+                                                  lam, aggregate)
+    finally:
+        with torch.no_grad():  # never leave the shared model edited
+            for layer, weight in originals.items():
+                adapter.weight_out_in(model, layer).copy_(weight)
+        model.train(was_training)
+
+    metadata = {
+        "algorithm": "MEMIT", "schedule": schedule, "lambda": lam, "hparams": hparams.to_dict(),
+        "context_templates": templates, "request_ids": [[str(r.case_id) for r in p] for p in parties],
+        "stats_files": stats_files or {}, "model_fingerprint": base_fingerprint,
+        "model_family": adapter.family, "dynamic_covariance": bool(c_acc), **creation_info(),
+    }
+    return EditResult(EditDelta(updates, metadata), s_kk, kept)
+
+
+def _run_parallel(workers, layers, names, c0, c_acc, lam, aggregate):
+    """All layers' contributions on the unedited model, then one aggregation and a solve per layer."""
+    per_party = [w.contributions(list(range(len(layers)))) for w in workers]
+    updates, s_kk = {}, {}
+    for layer, name in zip(layers, names):
+        kk, rk = aggregate(name, [p[layer] for p in per_party])
+        updates[name] = _solve(name, c0, lam, kk, rk, c_acc)
+        s_kk[name] = unpack_upper(kk) if kk.dim() == 1 else kk
+    return updates, s_kk, per_party
+
+
+@torch.no_grad()
+def _apply_layer(model, adapter, layer, originals, update) -> None:
+    """W_l = W⁰_l + ΔW_l in the weight's dtype (MEMIT writes the update at once)."""
+    weight = adapter.weight_out_in(model, layer)
+    weight.copy_(originals[layer] + update.to(weight.dtype).to(weight.device))
+
+
+def _run_sequential(model, adapter, workers, originals, names, c0, c_acc, lam, aggregate):
+    """Layer-synchronous rounds: every party on the current weights, aggregate, solve, apply, next layer."""
+    layers = workers[0].hp.layers
+    updates, s_kk = {}, {}
+    per_party = [{} for _ in workers]
+    for i, (layer, name) in enumerate(zip(layers, names)):
+        contributions = [w.contributions([i])[layer] for w in workers]
+        for store, contribution in zip(per_party, contributions):
+            store[layer] = contribution
+        kk, rk = aggregate(name, contributions)
+        updates[name] = _solve(name, c0, lam, kk, rk, c_acc)
+        s_kk[name] = unpack_upper(kk) if kk.dim() == 1 else kk
+        _apply_layer(model, adapter, layer, originals, updates[name])
+    return updates, s_kk, per_party

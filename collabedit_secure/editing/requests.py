@@ -1,0 +1,72 @@
+"""Edit requests: (prompt with a "{}" subject slot, subject, new target), validated up front."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class RequestError(ValueError):
+    """An edit request is malformed; the message names the case."""
+
+
+def _fail(case_id, problem: str) -> RequestError:
+    return RequestError(f"edit request {case_id!r}: {problem}")
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    case_id: object
+    prompt: str  # exactly one "{}" where the subject goes
+    subject: str
+    target_new: str  # stored with MEMIT's leading space
+    target_true: str | None = None
+
+    def __post_init__(self) -> None:
+        case = self.case_id
+        if self.prompt.count("{}") != 1:
+            raise _fail(case, f"prompt must contain exactly one '{{}}' subject slot, found "
+                              f"{self.prompt.count('{}')} in {self.prompt!r}")
+        if self.prompt.replace("{}", "").count("{") or self.prompt.replace("{}", "").count("}"):
+            raise _fail(case, f"prompt has a stray brace besides the '{{}}' slot: {self.prompt!r}")
+        if not self.subject.strip():
+            raise _fail(case, "subject is empty")
+        for name in ("target_new", "target_true"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not value.strip():
+                raise _fail(case, f"{name} is empty")
+            if "{" in value or "}" in value:
+                raise _fail(case, f"{name} contains a brace, which breaks prompt formatting: {value!r}")
+        if not self.target_new.startswith(" "):  # GPT-2 style BPE needs the space (MEMIT does this)
+            object.__setattr__(self, "target_new", " " + self.target_new)
+
+    @classmethod
+    def from_raw_prompt(cls, case_id, text: str, subject: str, target_new: str, target_true=None):
+        """From a prompt that spells the subject out (zsRE's `src`): the subject becomes "{}"."""
+        if not subject.strip():
+            raise _fail(case_id, "subject is empty")
+        if subject not in text:
+            raise _fail(case_id, f"subject {subject!r} does not occur in prompt {text!r}")
+        return cls(case_id, text.replace(subject, "{}", 1), subject, target_new, target_true)
+
+    @classmethod
+    def from_record(cls, record: dict) -> "EditRequest":
+        """From a CounterFact / MultiCounterFact record (`requested_rewrite` with `str` targets)."""
+        case_id = record.get("case_id", "<no case_id>")
+        rewrite = record.get("requested_rewrite")
+        if not isinstance(rewrite, dict):
+            raise _fail(case_id, "record has no 'requested_rewrite' mapping")
+        try:
+            target_true = rewrite.get("target_true", {}).get("str")
+            return cls(case_id, rewrite["prompt"], rewrite["subject"], rewrite["target_new"]["str"], target_true)
+        except (KeyError, TypeError) as err:
+            raise _fail(case_id, f"requested_rewrite lacks field {err}") from None
+
+    def text(self, template: str = "{}") -> str:
+        """The prompt placed in a context template, with the subject filled in."""
+        return template.format(self.prompt).format(self.subject)
+
+
+def requests_from_records(records) -> list[EditRequest]:
+    return [EditRequest.from_record(record) for record in records]

@@ -1,0 +1,130 @@
+"""Target hidden states z (MEMIT `compute_z`): the residual-stream value at layer z_layer, subject's
+last token, that makes the model say target_new.
+
+A vector delta is added to block z_layer's output at the subject's last token of every prompt and
+optimised (Adam) for NLL(target) + kl_factor * KL(P_cur || P_init) + weight decay, with delta kept in
+a ball of radius clamp_norm_factor * ||z_init||. Returns z = z_init + delta.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .adapters import ModelAdapter
+from .hooks import edit_output, trace
+from .hparams import MemitHparams
+from .requests import EditRequest
+from .tokens import encode, subject_last_index
+
+KL_PROMPT = "{} is a"
+EARLY_STOP_LOSS = 5e-2
+
+
+@dataclass
+class TargetResult:
+    z: torch.Tensor  # (hidden,) float64
+    z_init: torch.Tensor
+    losses: list[float] = field(default_factory=list)
+
+
+@contextmanager
+def frozen(model):
+    """No parameter gradients while optimising delta; restores train mode and flags after."""
+    flags = [p.requires_grad for p in model.parameters()]
+    was_training = model.training
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def _prompts(tok, request: EditRequest, templates, target_ids: list[int]) -> list[str]:
+    """Rewriting prompts (each context + prompt + all target tokens but the last), then the KL prompt."""
+    continuation = tok.decode(target_ids[:-1])
+    rewriting = [c.format(request.prompt) + continuation for group in templates for c in group]
+    return rewriting + [KL_PROMPT]
+
+
+def _labels(batch, n_rewriting: int, target_ids: list[int]) -> torch.Tensor:
+    """Target ids at the last len(target) positions of each rewriting prompt; -100 elsewhere.
+
+    The logit at position p is scored against labels[p], i.e. the token at p + 1.
+    """
+    labels = torch.full((n_rewriting, batch.input_ids.shape[1]), -100, dtype=torch.long)
+    for row in range(n_rewriting):
+        end = int(batch.starts[row] + batch.lengths[row])
+        labels[row, end - len(target_ids): end] = torch.tensor(target_ids)
+    return labels.to(batch.input_ids.device)
+
+
+def compute_z(model, tok, adapter: ModelAdapter, hp: MemitHparams, request: EditRequest,
+              templates: list[list[str]]) -> TargetResult:
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    target_ids = tok(request.target_new, add_special_tokens=False)["input_ids"]
+    if not target_ids:
+        raise ValueError(f"edit request {request.case_id!r}: target_new tokenises to nothing")
+    templated = _prompts(tok, request, templates, target_ids)
+    batch = encode(tok, [t.format(request.subject) for t in templated], device)
+    n_rw = len(templated) - 1
+    rows = torch.arange(len(templated), device=device)
+    lookup = torch.tensor([batch.absolute(i, subject_last_index(tok, t, request.subject))
+                           for i, t in enumerate(templated)], device=device)
+    labels = _labels(batch, n_rw, target_ids)
+    z_name, loss_name = adapter.layer_name(hp.z_layer), adapter.layer_name(hp.loss_layer)
+
+    delta = torch.zeros(adapter.hidden_size, dtype=dtype, device=device, requires_grad=True)
+    optimizer = torch.optim.Adam([delta], lr=hp.v_lr)
+    state: dict[str, torch.Tensor] = {}
+
+    def add_delta(hidden: torch.Tensor) -> torch.Tensor:
+        if "z_init" not in state:  # first pass: delta is zero, this is the unedited value
+            state["z_init"] = hidden[0, lookup[0]].detach().clone()
+        hidden = hidden.clone()
+        hidden[rows, lookup] = hidden[rows, lookup] + delta
+        return hidden
+
+    losses = []
+    with frozen(model), torch.enable_grad():
+        for step in range(hp.v_num_grad_steps):
+            optimizer.zero_grad()
+            with edit_output(model, z_name, add_delta), trace(model, [loss_name], "output") as seen:
+                logits = model(**batch.model_inputs()).logits
+            # NLL from block loss_layer through ln_f and the unembedding (MEMIT's loss path).
+            logp = torch.log_softmax(adapter.unembed(model, seen[loss_name][:n_rw]), dim=-1)
+            mask = labels != -100
+            token_logp = logp.gather(2, labels.clamp(min=0).unsqueeze(2)).squeeze(2)
+            nll = (-(token_logp * mask).sum(1) / len(target_ids)).mean()
+            # KL at the subject's last token of "{} is a", against the first pass.
+            kl_logp = torch.log_softmax(logits[n_rw:][torch.arange(1), lookup[n_rw:]], dim=-1)
+            if "kl_init" not in state:
+                state["kl_init"] = kl_logp.detach().clone()
+            kl = hp.kl_factor * F.kl_div(state["kl_init"], kl_logp, log_target=True, reduction="batchmean")
+            z_init = state["z_init"]
+            weight_decay = hp.v_weight_decay * (delta.norm() / z_init.norm() ** 2)
+            loss = nll + kl + weight_decay
+            losses.append(float(loss))
+            if loss.item() < EARLY_STOP_LOSS or step == hp.v_num_grad_steps - 1:
+                break
+            loss.backward()
+            optimizer.step()
+            radius = hp.clamp_norm_factor * z_init.norm()
+            with torch.no_grad():
+                if delta.norm() > radius:
+                    delta.mul_(radius / delta.norm())
+    z_init = state["z_init"].double().cpu()
+    return TargetResult(z=z_init + delta.detach().double().cpu(), z_init=z_init, losses=losses)
+
+
+def compute_targets(model, tok, adapter, hp, requests, templates) -> torch.Tensor:
+    """Z (hidden x n, float64), one column per request, each optimised independently."""
+    return torch.stack([compute_z(model, tok, adapter, hp, r, templates).z for r in requests], dim=1)

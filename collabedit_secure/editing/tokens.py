@@ -1,0 +1,57 @@
+"""Tokenisation helpers: padded batches and the subject's last-token index (MEMIT `subject_last`).
+
+Indices are computed on the unpadded sequence and shifted by the number of leading pads, so right
+and left padding give the same positions. Position ids are derived from the attention mask so a
+left-padded row sees the same absolute positions as a right-padded one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    lengths: torch.Tensor  # unpadded token counts
+    starts: torch.Tensor  # leading pad counts (0 under right padding)
+
+    def model_inputs(self) -> dict:
+        position_ids = (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": position_ids}
+
+    def absolute(self, row: int, index: int) -> int:
+        """A position counted in the unpadded sequence, as a column of the padded batch."""
+        return int(self.starts[row]) + index
+
+
+def encode(tok, texts: list[str], device) -> Batch:
+    if tok.pad_token_id is None:
+        raise ValueError("tokenizer has no pad token; set tok.pad_token = tok.eos_token as MEMIT does")
+    enc = tok(texts, padding=True, return_tensors="pt")
+    mask = enc["attention_mask"]
+    lengths = mask.sum(1)
+    starts = (mask.cumsum(1) == 0).sum(1)  # leading zeros
+    return Batch(enc["input_ids"].to(device), mask.to(device), lengths, starts)
+
+
+def subject_last_index(tok, template: str, subject: str) -> int:
+    """Index of the subject's last token in `template.format(subject)`, as MEMIT computes it.
+
+    The prefix's trailing space moves onto the subject word (" " + subject), and prefix, word and
+    suffix are tokenised separately. The prefix keeps special tokens (a BOS, if the tokenizer adds one).
+    """
+    if template.count("{}") != 1:
+        raise ValueError(f"template must contain exactly one '{{}}': {template!r}")
+    prefix = template[: template.index("{}")]
+    word = subject.strip()
+    if prefix:
+        if prefix.endswith(" "):
+            prefix = prefix[:-1]
+        word = " " + word
+    prefix_len = len(tok(prefix)["input_ids"])
+    word_len = len(tok(word, add_special_tokens=False)["input_ids"])
+    return prefix_len + word_len - 1
