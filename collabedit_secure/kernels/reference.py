@@ -78,12 +78,102 @@ def regularized_solve(
         system = system + c_acc.to(torch.float64)
     s_kk = s_kk.to(torch.float64)
     system = system + (unpack_upper(s_kk, d) if s_kk.dim() == 1 else s_kk)
+    where = f" for layer {layer}" if layer else ""
+    if not bool(torch.isfinite(system).all()):
+        raise ValueError(f"regularised system{where} has NaN or Inf entries")
     factor, info = torch.linalg.cholesky_ex(system)
     if int(info) != 0:
-        where = f" for layer {layer}" if layer else ""
         raise NotPositiveDefiniteError(
             f"regularised system{where} is not positive definite (leading minor {int(info)} of {d}); "
             "check lambda, C0 and the uploaded S_KK"
         )
     # Delta W A = S_RK  <=>  A Delta W^T = S_RK^T (A symmetric).
-    return torch.cholesky_solve(s_rk.to(torch.float64).T, factor).T.contiguous()
+    delta = torch.cholesky_solve(s_rk.to(torch.float64).T, factor).T.contiguous()
+    if not bool(torch.isfinite(delta).all()):
+        raise NotPositiveDefiniteError(f"regularised system{where} is numerically singular")
+    return delta
+
+
+# ---------------------------------------------------------------------------------------------
+# Masking: fixed-point encoding in Z_2^64 plus AES-128-CTR masks (numpy + cryptography).
+# The PRG and encoding are defined in collabedit_secure/kernels/__init__.py; this is the
+# executable form of that definition and the baseline the compiled kernels must match bit for bit.
+
+import numpy as np  # noqa: E402
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: E402
+
+DEFAULT_BOUND = 1 << 62
+SEED_BYTES = 32
+_CHUNK_WORDS = 1 << 17  # 1 MiB of keystream per update_into: fastest chunk size measured here
+
+
+class FixedPointRangeError(ValueError):
+    """A value is NaN/Inf or encodes outside [-bound, bound]; `index` is its flat index."""
+
+    def __init__(self, message: str, index: int):
+        super().__init__(message)
+        self.index = index
+
+
+def _keystream(seed: bytes):
+    return Cipher(algorithms.AES(seed[:16]), modes.CTR(seed[16:32])).encryptor()
+
+
+def prg_mask(seed: bytes, n: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The first n mask words (uint64) of the PRG keyed by a 32-byte seed."""
+    out = np.empty(n, dtype=np.uint64) if out is None else out
+    if n:
+        _keystream(seed).update_into(np.zeros(8 * n, np.uint8), out.view(np.uint8))
+    return out
+
+
+def fixed_point_encode(values: np.ndarray, scale_bits: int, bound: int = DEFAULT_BOUND) -> np.ndarray:
+    """round_half_even(v * 2^scale_bits) as two's-complement uint64; refuses NaN/Inf and |x| > bound."""
+    flat = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
+    scaled = np.rint(flat * float(2**scale_bits))
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(scaled) < 2.0**63)
+        ints = np.where(bad, 0, scaled).astype(np.int64)
+    bad |= (ints > bound) | (ints < -bound)
+    if bad.any():
+        index = int(np.flatnonzero(bad)[0])
+        raise FixedPointRangeError(
+            f"value {flat[index]!r} at flat index {index} does not encode within the fixed-point "
+            f"bound |x| <= {bound} at scale 2^{scale_bits}",
+            index,
+        )
+    return ints.view(np.uint64)
+
+
+def mask_encode(values, scale_bits, self_seed, peer_seeds, peer_signs, out=None, bound=None):
+    """encode(values) + PRG(self_seed) + Σ sign_p · PRG(peer_seed_p)  (mod 2^64), chunked."""
+    bound = DEFAULT_BOUND if bound is None else bound
+    encoded = fixed_point_encode(values, scale_bits, bound)
+    n = encoded.size
+    result = np.empty(n, np.uint64) if out is None else out.reshape(-1)
+    result[...] = encoded
+    streams = [(_keystream(s), 1) for s in ([self_seed] if self_seed is not None else [])]
+    streams += [(_keystream(s), int(sign)) for s, sign in zip(peer_seeds, peer_signs)]
+    buf = np.empty(min(n, _CHUNK_WORDS), np.uint64)
+    zeros = np.zeros(buf.size * 8, np.uint8)
+    for start in range(0, n, _CHUNK_WORDS):
+        stop = min(n, start + _CHUNK_WORDS)
+        ks, part = buf[: stop - start], result[start:stop]
+        for stream, sign in streams:
+            stream.update_into(zeros[: ks.size * 8], ks.view(np.uint8))
+            np.add(part, ks, out=part) if sign > 0 else np.subtract(part, ks, out=part)
+    return result.reshape(np.shape(values)) if out is None else out
+
+
+def mask_decode(ring_sum, scale_bits: int, n_parties: int) -> np.ndarray:
+    """Ring sum as two's-complement int64, scaled back by 2^-scale_bits (float64)."""
+    del n_parties  # the bound check lives in the public wrapper
+    return np.asarray(ring_sum, dtype=np.uint64).view(np.int64).astype(np.float64) * (2.0**-scale_bits)
+
+
+def ring_add(a, b, out=None):
+    return np.add(np.asarray(a, np.uint64), np.asarray(b, np.uint64), out=out)
+
+
+def ring_sub(a, b, out=None):
+    return np.subtract(np.asarray(a, np.uint64), np.asarray(b, np.uint64), out=out)

@@ -1,0 +1,50 @@
+#include "parallel.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <exception>
+#include <thread>
+#include <vector>
+
+namespace ce {
+
+static int g_threads = 0;
+
+int num_threads() {
+  if (g_threads <= 0) {
+    const char* env = std::getenv("COLLABEDIT_NUM_THREADS");
+    int n = env ? std::atoi(env) : 0;
+    if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
+    g_threads = std::max(1, n);
+  }
+  return g_threads;
+}
+
+void set_num_threads(int n) { g_threads = std::max(1, n); }
+
+void parallel_ranges(int64_t n, int64_t align, int64_t min_per_thread,
+                     const std::function<void(int64_t, int64_t)>& body) {
+  if (n <= 0) return;
+  int64_t parts = std::min<int64_t>(num_threads(), std::max<int64_t>(1, n / std::max<int64_t>(1, min_per_thread)));
+  if (parts <= 1) {
+    body(0, n);
+    return;
+  }
+  int64_t step = (n + parts - 1) / parts;
+  step = (step + align - 1) / align * align;
+  std::vector<std::thread> workers;
+  std::vector<std::exception_ptr> errors(parts);
+  for (int64_t p = 1; p < parts; ++p) {
+    int64_t begin = p * step, end = std::min(n, begin + step);
+    if (begin >= end) break;
+    workers.emplace_back([&, p, begin, end] {
+      try { body(begin, end); } catch (...) { errors[p] = std::current_exception(); }
+    });
+  }
+  try { body(0, std::min(n, step)); } catch (...) { errors[0] = std::current_exception(); }
+  for (auto& w : workers) w.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+}  // namespace ce
