@@ -1,0 +1,89 @@
+"""regularized_solve: Cholesky solve of ΔW (λC0 + C_acc + S_KK) = S_RK, checked by residual."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from collabedit_secure import kernels
+
+
+def spd(rng, d, jitter=1.0):
+    a = rng.standard_normal((d, d + 3))
+    return a @ a.T / d + jitter * np.eye(d)
+
+
+def relative_residual(system, delta, rhs):
+    # ΔW A = S_RK, i.e. A ΔWᵀ = S_RKᵀ (A symmetric).
+    return np.linalg.norm(system @ delta.T - rhs.T) / (np.linalg.norm(system) * np.linalg.norm(delta))
+
+
+@pytest.mark.parametrize("d, d_out", [(1, 1), (7, 3), (96, 40), (400, 130)])
+@pytest.mark.parametrize("packed", [False, True])
+def test_residual_and_agreement(backend, rng, d, d_out, packed):
+    c0, c_acc, s_full = spd(rng, d), spd(rng, d, 0.0), spd(rng, d, 0.0)
+    s_rk = rng.standard_normal((d_out, d))
+    s_kk = kernels.pack_upper(torch.from_numpy(s_full)).numpy() if packed else s_full
+    delta = kernels.regularized_solve(c0, 0.7, s_kk, s_rk, c_acc=c_acc, layer="h.3.mlp")
+    system = 0.7 * c0 + c_acc + s_full
+    assert delta.dtype == np.float64 and delta.shape == (d_out, d)
+    assert relative_residual(system, delta, s_rk) <= 1e-12
+    np.testing.assert_allclose(delta, np.linalg.solve(system, s_rk.T).T, rtol=1e-8, atol=1e-10)
+
+
+def test_float32_inputs_torch_result(backend, rng):
+    d = 33
+    c0 = torch.from_numpy(spd(rng, d)).float()
+    s_kk = kernels.pack_upper(torch.from_numpy(spd(rng, d, 0.0))).float()
+    s_rk = torch.from_numpy(rng.standard_normal((5, d))).float()
+    delta = kernels.regularized_solve(c0, 2.0, s_kk, s_rk)
+    assert isinstance(delta, torch.Tensor) and delta.dtype == torch.float64
+    system = 2.0 * c0.double() + kernels.unpack_upper(s_kk.double(), d)
+    assert relative_residual(system.numpy(), delta.numpy(), s_rk.double().numpy()) <= 1e-12
+
+
+def test_non_contiguous_operands(backend, rng):
+    d = 20
+    c0 = np.asfortranarray(spd(rng, d))
+    s_kk = spd(rng, d, 0.0)[:, :]
+    s_rk = rng.standard_normal((d, 12)).T  # (12, d), transposed view
+    delta = kernels.regularized_solve(c0, 1.0, s_kk, s_rk)
+    assert relative_residual(c0 + s_kk, delta, s_rk) <= 1e-12
+
+
+def test_empty_right_hand_sides(backend, rng):
+    d = 9
+    delta = kernels.regularized_solve(spd(rng, d), 1.0, np.zeros((d, d)), np.zeros((0, d)))
+    assert delta.shape == (0, d)
+
+
+def test_not_positive_definite_names_layer(backend, rng):
+    d = 12
+    c0 = spd(rng, d)
+    s_kk = -3.0 * np.eye(d) - c0  # λ·C0 + S_KK is negative definite
+    with pytest.raises(kernels.NotPositiveDefiniteError, match="layer transformer.h.7.mlp"):
+        kernels.regularized_solve(c0, 1.0, s_kk, rng.standard_normal((2, d)), layer="transformer.h.7.mlp")
+
+
+def test_nan_input_is_refused_not_propagated(backend, rng):
+    d = 6
+    s_kk = np.zeros((d, d))
+    s_kk[2, 4] = s_kk[4, 2] = np.nan
+    with pytest.raises(ValueError, match="layer L5.*NaN or Inf"):
+        kernels.regularized_solve(spd(rng, d), 1.0, s_kk, np.ones((1, d)), layer="L5")
+
+
+@pytest.mark.parametrize(
+    "c0, s_kk, s_rk, lam, error, message",
+    [
+        (np.eye(3), np.zeros((3, 3)), np.zeros((2, 4)), 1.0, ValueError, "s_rk has shape"),
+        (np.eye(3)[:2], np.zeros((3, 3)), np.zeros((2, 3)), 1.0, ValueError, "c0 must be square"),
+        (np.eye(3), np.zeros(5), np.zeros((2, 3)), 1.0, ValueError, "s_kk has shape"),
+        (np.eye(3, dtype=np.int64), np.zeros((3, 3)), np.zeros((2, 3)), 1.0, TypeError, "c0 has dtype int64"),
+        (np.eye(3), np.zeros((3, 3)), np.zeros((2, 3)), float("nan"), ValueError, "lam must be"),
+    ],
+)
+def test_bad_arguments(backend, c0, s_kk, s_rk, lam, error, message):
+    with pytest.raises(error, match=message):
+        kernels.regularized_solve(c0, lam, s_kk, s_rk)
