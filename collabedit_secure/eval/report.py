@@ -1,0 +1,134 @@
+"""One entry point for evaluation, the JSON report, and the plain-text comparison table."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from collabedit_secure.eval.counterfact import evaluate_counterfact
+from collabedit_secure.eval.zsre import evaluate_zsre
+
+REPORT_VERSION = 1
+TABLE_COLUMNS = ("efficacy", "generalization", "specificity", "score", "fluency")
+KINDS = ("counterfact", "zsre", "conflict")
+
+
+@contextmanager
+def _eval_mode(model):
+    # Dropout would make every metric random; restore the caller's mode afterwards.
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def evaluate_dataset(
+    model,
+    tok,
+    records: list[dict],
+    kind: str = "counterfact",
+    fluency: bool = True,
+    max_out_len: int = 100,
+    seed: int = 0,
+    batch_size: int = 64,
+    gen_batch_size: int = 128,
+) -> tuple[list[dict], dict]:
+    """Evaluate `records` (as from `load_dataset`) on `model`; returns (per_case, summary).
+
+    kind 'counterfact': probability metrics, plus fluency (generation entropy) when `fluency`.
+    kind 'zsre': token accuracies (`fluency` is ignored: zsRE has no generation prompts).
+    kind 'conflict': the CounterFact metrics on the conflict requests (no neighbourhood, no fluency).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown evaluation kind {kind!r}; expected one of {KINDS}")
+    started = time.perf_counter()
+    with _eval_mode(model):
+        if kind == "zsre":
+            per_case, summary = evaluate_zsre(model, tok, records, batch_size=batch_size)
+        else:
+            per_case, summary = evaluate_counterfact(
+                model, tok, records, fluency=fluency and kind == "counterfact", max_out_len=max_out_len,
+                seed=seed, batch_size=batch_size, gen_batch_size=gen_batch_size,
+            )
+    summary["eval_time_s"] = time.perf_counter() - started
+    return per_case, summary
+
+
+def write_report(path, per_case: list[dict], summary: Mapping, meta: Mapping) -> Path:
+    """Write {"version", "meta", "summary", "cases"} as JSON, atomically (temp file + rename).
+
+    `meta` records what produced the numbers: model, edit count, layer schedule, method, seed, ...
+    Non-finite floats are written as null so that any JSON reader can parse the file.
+    """
+    if not isinstance(meta, Mapping):
+        raise TypeError(f"meta must be a mapping, got {type(meta).__name__}")
+    report = {
+        "version": REPORT_VERSION,
+        "meta": {**meta, "n_cases": len(per_case), "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        "summary": summary,
+        "cases": per_case,
+    }
+    text = json.dumps(_json_safe(report), indent=1, allow_nan=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text + "\n")
+        os.replace(temp, path)
+    except BaseException:
+        os.unlink(temp)
+        raise
+    return path
+
+
+def _json_safe(value):
+    """Tensors, numpy scalars and tuples to plain JSON values; NaN and inf to None."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "tolist"):  # torch tensors and numpy arrays / scalars
+        return _json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write a {type(value).__name__} to the JSON report")
+
+
+def format_value(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if value != 0 and not 1e-2 <= abs(value) < 1e6:
+        return f"{value:.3e}"
+    return f"{value:.2f}"
+
+
+def format_summary_table(summaries: Mapping[str, Mapping], extra_columns: Sequence[str] = ()) -> str:
+    """Aligned plain-text table, one row per method: efficacy, generalization, specificity, score,
+    fluency, then `extra_columns` (e.g. "wall_time_s", "delta_rel_err_vs_global"); "-" where absent."""
+    if not summaries:
+        raise ValueError("no summaries to tabulate")
+    columns = list(TABLE_COLUMNS) + [c for c in extra_columns if c not in TABLE_COLUMNS]
+    rows = [["method", *columns]]
+    rows += [[str(method), *(format_value(summary.get(c)) for c in columns)] for method, summary in summaries.items()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,164 @@
+"""Metrics, fluency and the report on a tiny random GPT-2 with the real-format data files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from collabedit_secure.eval.counterfact import prompt_set_metrics, record_prompts
+from collabedit_secure.eval.datasets import load_counterfact, load_dataset, load_zsre
+from collabedit_secure.eval.fluency import generate_texts
+from collabedit_secure.eval.nll import target_nll
+from collabedit_secure.eval.report import evaluate_dataset, format_summary_table, write_report
+from collabedit_secure.eval.zsre import next_token_correct
+
+
+@pytest.fixture(scope="module")
+def counterfact(shared_data):
+    return load_counterfact(shared_data / "counterfact" / "multi_counterfact-30.json")
+
+
+@pytest.fixture(scope="module")
+def counterfact_eval(tiny_model, tiny_tok, counterfact):
+    return evaluate_dataset(tiny_model, tiny_tok, counterfact, kind="counterfact", max_out_len=24)
+
+
+def test_counterfact_eval_shapes_and_ranges(counterfact_eval, counterfact):
+    per_case, summary = counterfact_eval
+    assert len(per_case) == len(counterfact) == summary["n_cases"]
+    assert [c["case_id"] for c in per_case] == [r["case_id"] for r in counterfact]
+    for key in ("efficacy", "generalization", "specificity", "score"):
+        assert 0.0 <= summary[key] <= 100.0
+    assert min(summary["efficacy"], summary["generalization"], summary["specificity"]) <= summary["score"]
+    assert summary["fluency"] > 0.0
+    assert all(len(c["generated_texts"]) == 10 for c in per_case)
+
+
+def test_batched_eval_matches_unbatched_nll(counterfact_eval, counterfact, tiny_model, tiny_tok):
+    # The eval dedups and reorders all prompts of all records; a record scored alone must agree.
+    per_case, _ = counterfact_eval
+    for index in (0, 17):
+        record, case = counterfact[index], per_case[index]
+        new = record["requested_rewrite"]["target_new"]["str"]
+        true = record["requested_rewrite"]["target_true"]["str"]
+        for name, prefixes in record_prompts(record).items():
+            nll_new = target_nll(tiny_model, tiny_tok, prefixes, [new] * len(prefixes), batch_size=1)
+            nll_true = target_nll(tiny_model, tiny_tok, prefixes, [true] * len(prefixes), batch_size=1)
+            expected = prompt_set_metrics(list(zip(nll_new.tolist(), nll_true.tolist())), name == "neighborhood")
+            assert case[f"{name}_success"] == expected["success"]
+            assert case[f"{name}_diff"] == pytest.approx(expected["diff"], rel=1e-5, abs=1e-9)
+
+
+def test_counterfact_success_reaches_100_when_model_prefers_target(tiny_model, tiny_tok, counterfact):
+    # Pick, for one record, the likelier of two candidate targets as target_new: efficacy must be 100.
+    record = json.loads(json.dumps(counterfact[0]))
+    rewrite = record["requested_rewrite"]
+    prompt = [rewrite["prompt"].format(rewrite["subject"])]
+    candidates = ["English", "French"]
+    nll = [target_nll(tiny_model, tiny_tok, prompt, [c]).item() for c in candidates]
+    rewrite["target_new"]["str"], rewrite["target_true"]["str"] = sorted(candidates, key=lambda c: nll[candidates.index(c)])
+    per_case, summary = evaluate_dataset(tiny_model, tiny_tok, [record], fluency=False)
+    assert per_case[0]["rewrite_success"] == 1.0 and summary["efficacy"] == 100.0
+
+
+def test_zsre_eval_shapes_ranges_and_direct_check(shared_data, tiny_model, tiny_tok):
+    records = load_zsre(shared_data / "zsre" / "zsre_mend_eval-6.json", tiny_tok)
+    per_case, summary = evaluate_dataset(tiny_model, tiny_tok, records, kind="zsre")
+    assert len(per_case) == 6 == summary["n_cases"]
+    for key in ("efficacy", "generalization", "specificity"):
+        assert 0.0 <= summary[key] <= 100.0
+    answer_tokens = len(tiny_tok(" " + records[0]["requested_rewrite"]["target_new"]["str"])["input_ids"])
+    assert len(per_case[0]["rewrite_prompts_correct"]) == answer_tokens
+    assert len(per_case[0]["neighborhood_prompts_correct"]) == len(records[0]["neighborhood_prompts"])
+
+
+def _question_with_word_prediction(model, tok):
+    # A question whose greedy next token is a lone " word" token, so that the answer round-trips.
+    # (A random tied-embedding GPT-2 tends to repeat its last token, so prompts end in a word.)
+    for subject in ("Watts Humphrey", "Danielle Darrieux", "Paris", "Rome", "Hugo Weaving", "France", "Italy"):
+        src = f"The mother tongue of {subject} is"
+        predicted = model(torch.tensor([tok(src)["input_ids"]])).logits[0, -1].argmax().item()
+        answer = tok.decode([predicted]).strip()
+        if answer and tok(" " + answer)["input_ids"] == [predicted]:
+            return subject, src, answer
+    pytest.fail("no probe question gives a round-tripping word prediction")
+
+
+def test_zsre_accuracy_reaches_100_on_the_models_own_prediction(tiny_model, tiny_tok):
+    # Make the answer the model's own greedy next token: every rewrite prompt is then correct.
+    subject, src, answer = _question_with_word_prediction(tiny_model, tiny_tok)
+    record = {
+        "case_id": 0,
+        "requested_rewrite": {"prompt": "The mother tongue of {} is", "subject": subject,
+                              "target_new": {"str": answer}, "target_true": {"str": "<|endoftext|>"}},
+        "paraphrase_prompts": [src], "neighborhood_prompts": [{"prompt": src, "target": " " + answer}],
+    }
+    per_case, summary = evaluate_dataset(tiny_model, tiny_tok, [record], kind="zsre")
+    assert (summary["efficacy"], summary["generalization"], summary["specificity"]) == (100.0, 100.0, 100.0)
+    other = next(w for w in (" English", " French", " Paris") if tiny_tok(w)["input_ids"][0] != tiny_tok(" " + answer)["input_ids"][0])
+    assert next_token_correct(tiny_model, tiny_tok, [(src, other)]) == {(src, other): False}
+
+
+def test_conflict_records_evaluate_without_neighbourhood(shared_data, tiny_model, tiny_tok):
+    _, records = load_dataset(shared_data / "conflict" / "easy_conflict_1000_p1.json")
+    per_case, summary = evaluate_dataset(tiny_model, tiny_tok, records[:20], kind="conflict")
+    assert len(per_case) == 20 and 0.0 <= summary["efficacy"] <= 100.0
+    assert summary["specificity"] is None and summary["score"] is None
+
+
+def test_fluency_generation_is_deterministic_and_batch_independent(tiny_model, tiny_tok):
+    prompts = ["Danielle Darrieux's mother tongue is", "Paris", "The mother tongue of Léon Blum is"]
+    first = generate_texts(tiny_model, tiny_tok, prompts, max_out_len=20, seed=3)
+    assert generate_texts(tiny_model, tiny_tok, prompts, max_out_len=20, seed=3) == first
+    assert generate_texts(tiny_model, tiny_tok, prompts, max_out_len=20, seed=4) != first
+    # Greedy (top_k=1) sampling exercises left padding: batched equals one by one.
+    greedy = generate_texts(tiny_model, tiny_tok, prompts, max_out_len=20, top_k=1)
+    assert greedy == [generate_texts(tiny_model, tiny_tok, [p], max_out_len=20, top_k=1)[0] for p in prompts]
+    lengths = [len(tiny_tok(generate_texts(tiny_model, tiny_tok, [p], max_out_len=20, top_k=1)[0])["input_ids"]) for p in prompts[:2]]
+    assert all(abs(n - 20) <= 2 for n in lengths)  # re-tokenising the decoded text may merge a token
+
+
+def test_evaluate_dataset_restores_training_mode_and_rejects_unknown_kind(tiny_model, tiny_tok, counterfact):
+    tiny_model.train()
+    try:
+        evaluate_dataset(tiny_model, tiny_tok, counterfact[:2], fluency=False)
+        assert tiny_model.training
+    finally:
+        tiny_model.eval()
+    with pytest.raises(ValueError, match="unknown evaluation kind 'mcf'"):
+        evaluate_dataset(tiny_model, tiny_tok, counterfact[:2], kind="mcf")
+    with pytest.raises(ValueError, match="zsRE-style"):
+        zsre_like = dict(counterfact[0], neighborhood_prompts=[{"prompt": "a", "target": "b"}])
+        evaluate_dataset(tiny_model, tiny_tok, [zsre_like], fluency=False)
+
+
+def test_write_report_round_trip(tmp_path, counterfact_eval):
+    per_case, summary = counterfact_eval
+    meta = {"model": "tiny-gpt2", "n_edits": 30, "schedule": "parallel", "method": "global"}
+    path = write_report(tmp_path / "out" / "report.json", per_case, {**summary, "bad": float("nan")}, meta)
+    report = json.loads(path.read_text())
+    assert report["meta"]["model"] == "tiny-gpt2" and report["meta"]["schedule"] == "parallel"
+    assert report["meta"]["n_cases"] == 30 and len(report["cases"]) == 30
+    assert report["summary"]["score"] == pytest.approx(summary["score"])
+    assert report["summary"]["bad"] is None
+    assert list(path.parent.iterdir()) == [path]  # no temp file left behind
+    with pytest.raises(TypeError, match="cannot write a object"):
+        write_report(tmp_path / "x.json", [{"v": object()}], {}, {})
+
+
+def test_summary_table_is_aligned(counterfact_eval):
+    _, summary = counterfact_eval
+    table = format_summary_table(
+        {"global": {**summary, "wall_time_s": 12.5}, "TIES": {"efficacy": 3.0, "delta_rel_err_vs_global": 0.00042}},
+        extra_columns=["wall_time_s", "delta_rel_err_vs_global"],
+    )
+    lines = table.splitlines()
+    assert lines[0].split() == ["method", "efficacy", "generalization", "specificity", "score", "fluency",
+                                "wall_time_s", "delta_rel_err_vs_global"]
+    assert len({len(line) for line in lines}) == 1  # every row padded to the same width
+    assert lines[2].split()[0] == "global" and f"{summary['efficacy']:.2f}" in lines[2]
+    assert lines[3].split() == ["TIES", "3.00", "-", "-", "-", "-", "-", "4.200e-04"]
+    assert not math.isnan(summary["score"])
