@@ -91,8 +91,22 @@ class ModelAdapter:
     def from_model(cls, model: torch.nn.Module, hparams=None) -> "ModelAdapter":
         overrides = hparams.module_overrides() if hparams is not None else None
         adapter = cls.from_config(model.config, overrides)
+        adapter = adapter._resolve_lm_head(model)
         adapter.check(model)
         return adapter
+
+    def _resolve_lm_head(self, model) -> "ModelAdapter":
+        """Module names move between transformers versions (GPT-NeoX `embed_out` is `lm_head` in 5.x):
+        fall back to the model's own output embeddings when the template does not resolve."""
+        try:
+            model.get_submodule(self.templates.lm_head)
+            return self
+        except AttributeError:
+            head = model.get_output_embeddings()
+            name = next((n for n, m in model.named_modules() if m is head), None)
+            if name is None:
+                return self
+            return replace(self, templates=replace(self.templates, lm_head=name))
 
     def check(self, model: torch.nn.Module) -> None:
         """Every template must resolve on this model (fail early, with the missing name)."""

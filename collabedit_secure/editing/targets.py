@@ -112,7 +112,7 @@ def compute_z(model, tok, adapter: ModelAdapter, hp: MemitHparams, request: Edit
             z_init = state["z_init"]
             weight_decay = hp.v_weight_decay * (delta.norm() / z_init.norm() ** 2)
             loss = nll + kl + weight_decay
-            losses.append(float(loss))
+            losses.append(loss.item())
             if loss.item() < EARLY_STOP_LOSS or step == hp.v_num_grad_steps - 1:
                 break
             loss.backward()

@@ -1,0 +1,182 @@
+"""Adapters, hparams, requests, token indices, templates, targets, deltas: real forward passes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from collabedit_secure.editing import (
+    DeltaMismatchError, EditDelta, EditRequest, HparamsError, MemitHparams, ModelAdapter, RequestError,
+    UnsupportedModelError, edit, requests_from_records,
+)
+from collabedit_secure.editing.context import generate_context_templates
+from collabedit_secure.editing.keys import compute_keys
+from collabedit_secure.editing.targets import compute_z
+from collabedit_secure.eval.nll import target_nll
+
+from .conftest import random_c0, tiny_hparams, tiny_model, tiny_requests
+
+FAMILIES = ["gpt2", "gptj", "gpt_neox", "llama", "mistral", "qwen2"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_adapter_keys_have_mlp_width(family, tok):
+    model = tiny_model(family, tok)
+    adapter = ModelAdapter.from_model(model)
+    templates = [["{}"], ["The. {}"]]
+    keys, cur_z = compute_keys(model, tok, adapter, tiny_requests(2), [1, 2], templates, z_layer=2)
+    mlp_width = {"gpt2": 4 * 32, "gptj": 4 * 32, "gpt_neox": 64}.get(family, 48)
+    assert keys[1].shape == (mlp_width, 2) and keys[2].dtype == torch.float64
+    assert cur_z.shape == (32, 2)
+    assert adapter.weight_out_in(model, 1).shape == (32, mlp_width)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_edit_end_to_end(family, tok):
+    model = tiny_model(family, tok)
+    hp = tiny_hparams()
+    adapter = ModelAdapter.from_model(model, hp)
+    c0 = {l: random_c0(adapter.key_dim(model, l), l) for l in hp.layers}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = edit(model, tok, [tiny_requests(3)], hp, c0, schedule="sequential")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert set(result.delta.weights) == {adapter.rewrite_name(l) for l in hp.layers}
+    assert result.delta.metadata["context_templates"][0] == ["{}"]
+
+
+def test_unknown_family_is_named(tok):
+    config = transformers.GPT2Config(n_layer=2, n_embd=16, n_head=2)
+    config.model_type = "bert"
+    with pytest.raises(UnsupportedModelError, match="unknown model family 'bert'.*gpt2.*llama"):
+        ModelAdapter.from_config(config)
+
+
+def test_edit_refuses_nothing_to_do(tok):
+    model = tiny_model("gpt2", tok)
+    with pytest.raises(ValueError, match="at least one party"):
+        edit(model, tok, [], tiny_hparams(), {})
+    with pytest.raises(ValueError, match="party 1 has no edit requests"):
+        edit(model, tok, [tiny_requests(1), []], tiny_hparams(), {})
+
+
+def test_hparams_yaml_round_trip(tmp_path):
+    hp = MemitHparams.builtin("gpt-j-6b")
+    hp.to_yaml(tmp_path / "h.yaml")
+    assert MemitHparams.from_yaml(tmp_path / "h.yaml") == hp
+    assert hp.layers == [3, 4, 5, 6, 7, 8] and hp.mom2_update_weight == 15000
+
+
+def test_hparams_accepts_easyedit_file(tmp_path):
+    text = Path(MemitHparams.builtin.__code__.co_filename).parent / "hparams" / "gpt2-xl.yaml"
+    easyedit = 'alg_name: "MEMIT"\nmodel_name: "./hugging_cache/gpt2-xl"\nstats_dir: "./data/stats"\n' \
+               "device: 0\nmodel_parallel: false\n" + text.read_text().replace("v_lr: 0.5", "v_lr: 5e-1")
+    (tmp_path / "e.yaml").write_text(easyedit)
+    hp = MemitHparams.from_yaml(tmp_path / "e.yaml")
+    assert hp.v_lr == 0.5 and hp.layers == [13, 14, 15, 16, 17]
+    (tmp_path / "bad.yaml").write_text(easyedit + "v_lrr: 1\n")
+    with pytest.raises(HparamsError, match="unknown MEMIT hyperparameter.*v_lrr"):
+        MemitHparams.from_yaml(tmp_path / "bad.yaml")
+
+
+def test_hparams_validation():
+    with pytest.raises(HparamsError, match="layers must be a non-empty"):
+        tiny_hparams(layers=[])
+    with pytest.raises(HparamsError, match="fact_token 'last'"):
+        tiny_hparams(fact_token="last")
+    with pytest.raises(HparamsError, match="v_loss_layer 9 out of range.*4 layers"):
+        tiny_hparams(v_loss_layer=9).validate_for(4)
+
+
+@pytest.mark.parametrize("prompt,subject,target,problem", [
+    ("The capital of France is", "France", "Paris", "exactly one"),
+    ("{} and {} are", "A", "B", "exactly one"),
+    ("{} speaks", " ", "French", "subject is empty"),
+    ("{} speaks", "Tom", "  ", "target_new is empty"),
+    ("{} speaks", "Tom", "{x}", "brace"),
+])
+def test_request_validation(prompt, subject, target, problem):
+    with pytest.raises(RequestError, match=f"'c7'.*{problem}"):
+        EditRequest("c7", prompt, subject, target)
+
+
+def test_request_from_raw_prompt_and_record():
+    with pytest.raises(RequestError, match="'z1'.*'Lyon' does not occur"):
+        EditRequest.from_raw_prompt("z1", "Where is Paris?", "Lyon", "France")
+    record = {"case_id": 3, "requested_rewrite": {"prompt": "{} plays", "subject": "Tom",
+              "target_new": {"str": "piano"}, "target_true": {"str": "guitar"}}}
+    (request,) = requests_from_records([record])
+    assert request.target_new == " piano" and request.target_true == "guitar"
+    with pytest.raises(RequestError, match="3.*lacks field 'subject'"):
+        EditRequest.from_record({"case_id": 3, "requested_rewrite": {"prompt": "{} x", "target_new": {"str": "y"}}})
+
+
+def test_subject_index_same_under_left_and_right_padding(gpt2_f64, tok):
+    adapter = ModelAdapter.from_model(gpt2_f64)
+    templates = [["{}"], ["Because of the long story. {}", "I. {}"]]
+    requests = tiny_requests(3)
+    tok.padding_side = "right"
+    right, z_right = compute_keys(gpt2_f64, tok, adapter, requests, [1], templates, 2)
+    tok.padding_side = "left"
+    try:
+        left, z_left = compute_keys(gpt2_f64, tok, adapter, requests, [1], templates, 2)
+    finally:
+        tok.padding_side = "right"
+    assert torch.allclose(left[1], right[1], rtol=1e-10, atol=1e-12)
+    assert torch.allclose(z_left, z_right, rtol=1e-10, atol=1e-12)
+
+
+def test_context_templates_deterministic(gpt2_f64, tok):
+    a = generate_context_templates(gpt2_f64, tok, seed=3, length_params=[[6, 5]])
+    b = generate_context_templates(gpt2_f64, tok, seed=3, length_params=[[6, 5]])
+    c = generate_context_templates(gpt2_f64, tok, seed=4, length_params=[[6, 5]])
+    assert a == b and a != c
+    assert a[0] == ["{}"] and len(a[1]) == 5 and all(t.endswith(". {}") for t in a[1])
+
+
+def test_compute_z_raises_target_probability(gpt2_f64, tok):
+    hp = tiny_hparams(v_num_grad_steps=10)
+    adapter = ModelAdapter.from_model(gpt2_f64, hp)
+    request = tiny_requests(1)[0]
+    result = compute_z(gpt2_f64, tok, adapter, hp, request, [["{}"]])
+    assert result.losses[-1] < result.losses[0] - 0.1, result.losses
+    assert (result.z - result.z_init).norm() <= hp.clamp_norm_factor * result.z_init.norm() * (1 + 1e-9)
+
+
+def test_edit_lowers_target_nll(tok):
+    model = tiny_model("gpt2", tok, torch.float64)
+    hp = tiny_hparams(layers=[1, 2], v_num_grad_steps=20, mom2_update_weight=0.1)
+    adapter = ModelAdapter.from_model(model, hp)
+    c0 = {l: random_c0(adapter.key_dim(model, l), l) for l in hp.layers}
+    requests = tiny_requests(1)
+    prompts = [r.prompt.format(r.subject) for r in requests]
+    targets = [r.target_new.strip() for r in requests]
+    before = target_nll(model, tok, prompts, targets)
+    delta = edit(model, tok, [requests], hp, c0, schedule="sequential").delta
+    delta.apply(model)
+    after = target_nll(model, tok, prompts, targets)
+    delta.revert(model)
+    assert (after < before - 0.05).all(), (before, after)
+
+
+def test_delta_apply_revert_save_load(gpt2_f64, tok, tmp_path):
+    hp = tiny_hparams()
+    adapter = ModelAdapter.from_model(gpt2_f64, hp)
+    c0 = {l: random_c0(adapter.key_dim(gpt2_f64, l), l) for l in hp.layers}
+    delta = edit(gpt2_f64, tok, [tiny_requests(2)], hp, c0).delta
+    name = adapter.rewrite_name(1)
+    original = gpt2_f64.get_submodule(name).weight.detach().clone()
+    loaded = EditDelta.load(delta.save(tmp_path / "d"))
+    assert loaded.metadata == delta.metadata or loaded.metadata["model_fingerprint"] == delta.metadata["model_fingerprint"]
+    loaded.apply(gpt2_f64)
+    edited = gpt2_f64.get_submodule(name).weight  # Conv1D: (in, out), so ΔW is transposed
+    assert torch.allclose(edited - original, delta.weights[name].T)
+    with pytest.raises(DeltaMismatchError, match="fingerprint"):
+        loaded.apply(gpt2_f64)  # already edited: not the base it was computed on
+    loaded.revert(gpt2_f64)
+    assert torch.equal(gpt2_f64.get_submodule(name).weight, original)
+    other = tiny_model("gpt2", tok, torch.float64, seed=1)
+    with pytest.raises(DeltaMismatchError, match="fingerprint"):
+        delta.apply(other)

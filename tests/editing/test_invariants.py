@@ -1,0 +1,117 @@
+"""The four collaboration invariants (float64), on a tiny random GPT-2; slow twins on the default world."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from collabedit_secure.editing import ModelAdapter, edit
+from collabedit_secure.editing.context import generate_context_templates
+from collabedit_secure.editing.keys import compute_keys
+from collabedit_secure.editing.targets import compute_targets
+
+from .conftest import random_c0, tiny_hparams, tiny_requests
+
+TOL = 1e-9
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def random_split(requests, n_parties: int, seed: int):
+    shuffled = list(requests)
+    random.Random(seed).shuffle(shuffled)
+    cuts = sorted(random.Random(seed + 1).sample(range(1, len(shuffled)), n_parties - 1))
+    bounds = [0, *cuts, len(shuffled)]
+    return [shuffled[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def setup(model, tok, hp):
+    adapter = ModelAdapter.from_model(model, hp)
+    c0 = {layer: random_c0(adapter.key_dim(model, layer), seed=layer) for layer in hp.layers}
+    templates = generate_context_templates(model, tok, hp.context_template_seed, hp.context_template_length_params)
+    return adapter, c0, templates
+
+
+def reference_memit(model, tok, requests, hp, c0, templates, sequential: bool) -> dict[str, torch.Tensor]:
+    """Textbook MEMIT written out independently of `edit` (MEMIT's adj_k = solve(A, K); ΔW = R adj_kᵀ)."""
+    adapter = ModelAdapter.from_model(model, hp)
+    z = compute_targets(model, tok, adapter, hp, requests, templates)
+    saved = {l: adapter.weight_out_in(model, l).detach().clone() for l in hp.layers}
+    updates = {}
+    try:
+        for i, layer in enumerate(hp.layers):
+            keys, cur_z = compute_keys(model, tok, adapter, requests, [layer], templates, hp.z_layer)
+            k = keys[layer]
+            r = (z - cur_z) / (len(hp.layers) - i)
+            adj_k = torch.linalg.solve(hp.mom2_update_weight * c0[layer] + k @ k.T, k)
+            updates[adapter.rewrite_name(layer)] = r @ adj_k.T
+            if sequential:
+                with torch.no_grad():
+                    adapter.weight_out_in(model, layer).copy_(saved[layer] + updates[adapter.rewrite_name(layer)])
+    finally:
+        with torch.no_grad():
+            for layer, w in saved.items():
+                adapter.weight_out_in(model, layer).copy_(w)
+    return updates
+
+
+def check_invariants(model, tok, requests, hp, schedule: str, n_parties: int, seed: int = 0):
+    adapter, c0, templates = setup(model, tok, hp)
+    parties = random_split(requests, n_parties, seed)
+    collab = edit(model, tok, parties, hp, c0, schedule=schedule, templates=templates, keep_factors=True)
+    everyone = edit(model, tok, [list(requests)], hp, c0, schedule=schedule, templates=templates)
+    for name, update in everyone.delta.weights.items():  # invariants 1 and 2
+        assert update.abs().max() > 0
+        assert rel_err(collab.delta.weights[name], update) <= TOL, name
+    reference = reference_memit(model, tok, requests, hp, c0, templates, schedule == "sequential")
+    for name, update in reference.items():  # the driver really is MEMIT
+        assert rel_err(everyone.delta.weights[name], update) <= 1e-8, name
+    own = parties[0]  # invariant 3: one party == that party's own MEMIT
+    alone = edit(model, tok, [own], hp, c0, schedule=schedule, templates=templates, keep_factors=True)
+    own_reference = reference_memit(model, tok, own, hp, c0, templates, schedule == "sequential")
+    for name, update in own_reference.items():
+        assert rel_err(alone.delta.weights[name], update) <= 1e-8, name
+    lam = hp.mom2_update_weight  # invariant 4: Δ_i (λC0 + K_iK_iᵀ) == R_iK_iᵀ
+    for layer in hp.layers:
+        name = adapter.rewrite_name(layer)
+        part = alone.contributions[0][layer]
+        lhs = alone.delta.weights[name] @ (lam * c0[layer] + part.keys @ part.keys.T)
+        assert rel_err(lhs, part.residuals @ part.keys.T) <= TOL, name
+    return collab, everyone
+
+
+@pytest.mark.parametrize("schedule", ["parallel", "sequential"])
+def test_four_invariants_tiny_gpt2(gpt2_f64, tok, schedule):
+    requests = tiny_requests(5)
+    before = {k: v.clone() for k, v in gpt2_f64.state_dict().items()}
+    check_invariants(gpt2_f64, tok, requests, tiny_hparams(layers=[1, 2, 3]), schedule, n_parties=3)
+    for key, value in gpt2_f64.state_dict().items():  # edit never leaves the model edited
+        assert torch.equal(value, before[key]), key
+
+
+def test_sequential_differs_from_parallel(gpt2_f64, tok):
+    """Otherwise the two schedule tests would not be testing two things."""
+    hp = tiny_hparams(layers=[1, 2, 3])
+    _, c0, templates = setup(gpt2_f64, tok, hp)
+    requests = [tiny_requests(4)]
+    par = edit(gpt2_f64, tok, requests, hp, c0, "parallel", templates=templates).delta.weights
+    seq = edit(gpt2_f64, tok, requests, hp, c0, "sequential", templates=templates).delta.weights
+    first, last = "transformer.h.1.mlp.c_proj", "transformer.h.3.mlp.c_proj"
+    assert rel_err(seq[first], par[first]) <= 1e-12  # nothing applied before the first layer
+    assert rel_err(seq[last], par[last]) > 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule", ["parallel", "sequential"])
+def test_four_invariants_default_world(default_world, schedule):
+    from collabedit_secure.editing import MemitHparams, requests_from_records
+
+    model, tok = default_world.load_model()
+    model = model.double().eval()
+    hp = MemitHparams.builtin("default-world")
+    requests = requests_from_records(default_world.records[:8])
+    check_invariants(model, tok, requests, hp, schedule, n_parties=3, seed=1)
