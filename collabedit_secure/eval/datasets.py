@@ -155,7 +155,7 @@ def zsre_record(index: int, record: dict, tok) -> dict:
         raise DatasetFormatError(f"{where}: loc {loc!r} must start with {NQ_PREFIX!r}")
     prompt = src.replace(subject, "{}")
     _check_prompt_template(prompt, where)
-    answer_ids = tok(" " + loc_ans)["input_ids"]
+    answer_ids = tok(" " + loc_ans, add_special_tokens=False)["input_ids"]
     neighborhood = [
         {"prompt": loc + "?" + tok.decode(answer_ids[:i]), "target": tok.decode(answer_ids[i])}
         for i in range(len(answer_ids))

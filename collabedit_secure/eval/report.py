@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from collabedit_secure.eval.conflict import evaluate_conflict
 from collabedit_secure.eval.counterfact import evaluate_counterfact
 from collabedit_secure.eval.zsre import evaluate_zsre
 
@@ -45,7 +46,8 @@ def evaluate_dataset(
 
     kind 'counterfact': probability metrics, plus fluency (generation entropy) when `fluency`.
     kind 'zsre': token accuracies (`fluency` is ignored: zsRE has no generation prompts).
-    kind 'conflict': the CounterFact metrics on the conflict requests (no neighbourhood, no fluency).
+    kind 'conflict': the CounterFact metrics on the conflict requests (no neighbourhood, no fluency),
+    plus the conflict probe (p_conf vs p_obj, see `eval.conflict`) merged into each case and the summary.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown evaluation kind {kind!r}; expected one of {KINDS}")
@@ -58,8 +60,17 @@ def evaluate_dataset(
                 model, tok, records, fluency=fluency and kind == "counterfact", max_out_len=max_out_len,
                 seed=seed, batch_size=batch_size, gen_batch_size=gen_batch_size,
             )
+            if kind == "conflict":
+                _merge_conflict_probe(model, tok, records, per_case, summary, batch_size)
     summary["eval_time_s"] = time.perf_counter() - started
     return per_case, summary
+
+
+def _merge_conflict_probe(model, tok, records, per_case, summary, batch_size) -> None:
+    probe_cases, probe_summary = evaluate_conflict(model, tok, records, batch_size=batch_size)
+    for case, probe in zip(per_case, probe_cases):
+        case.update({k: v for k, v in probe.items() if k != "case_id"})
+    summary.update({k: v for k, v in probe_summary.items() if k != "n_cases"})
 
 
 def write_report(path, per_case: list[dict], summary: Mapping, meta: Mapping) -> Path:

@@ -19,7 +19,8 @@ PAPER_NAMES = {"rewrite_acc": "efficacy", "paraphrase_acc": "generalization", "n
 
 def teacher_forced_prompts(question: str, target: str, tok) -> list[tuple[str, str]]:
     """(prefix, expected next-token text) for every token of " " + target."""
-    ids = tok(" " + target.strip())["input_ids"]
+    # A target is a continuation: no BOS, even for tokenizers that add one to whole texts.
+    ids = tok(" " + target.strip(), add_special_tokens=False)["input_ids"]
     return [(question + tok.decode(ids[:i]), tok.decode(ids[i])) for i in range(len(ids))]
 
 
@@ -50,7 +51,7 @@ def next_token_correct(model, tok, pairs: list[tuple[str, str]], batch_size: int
 
 
 def _first_token(tok, text: str) -> int:
-    ids = tok(text)["input_ids"]
+    ids = tok(text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise ValueError(f"target text {text!r} tokenises to nothing")
     return ids[0]

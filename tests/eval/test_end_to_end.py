@@ -162,3 +162,22 @@ def test_summary_table_is_aligned(counterfact_eval):
     assert lines[2].split()[0] == "global" and f"{summary['efficacy']:.2f}" in lines[2]
     assert lines[3].split() == ["TIES", "3.00", "-", "-", "-", "-", "-", "4.200e-04"]
     assert not math.isnan(summary["score"])
+
+
+def test_conflict_probe_matches_direct_probabilities(shared_data, tiny_model, tiny_tok):
+    from collabedit_secure.eval.datasets import load_conflict
+
+    records = load_conflict(shared_data / "conflict" / "easy_conflict_1000_p1.json",
+                            shared_data / "conflict" / "round_prompts.json")[:5]
+    per_case, summary = evaluate_dataset(tiny_model, tiny_tok, records, kind="conflict")
+    record, case = records[2], per_case[2]
+    prompt = record["requested_rewrite"]["prompt"].format(record["requested_rewrite"]["subject"])
+    p_conf = math.exp(-target_nll(tiny_model, tiny_tok, [prompt], [record["conflict_object"]["str"]]).item())
+    probes = record["paraphrase_prompts"]
+    p_obj = torch.exp(-target_nll(tiny_model, tiny_tok, probes, [record["requested_rewrite"]["target_true"]["str"]] * 10))
+    assert case["rewrite_p_conf"] == pytest.approx(p_conf, rel=1e-5)
+    assert case["probe_p_obj"] == pytest.approx(p_obj.mean().item(), rel=1e-5)
+    gaps = [c["rewrite_p_conf"] - c["rewrite_p_obj"] for c in per_case]
+    assert summary["rewrite_conflict_gap"] == pytest.approx(100 * sum(gaps) / 5)
+    assert summary["rewrite_conflict_wins"] == 100 * sum(g > 0 for g in gaps) / 5
+    assert 0.0 <= summary["generalization"] <= 100.0  # probes double as paraphrase prompts
