@@ -26,7 +26,10 @@ def evaluate_conflict(model, tok, records: list[dict], batch_size: int = 64) -> 
     jobs = []
     for record in records:
         rewrite = record["requested_rewrite"]
-        prefixes = {"rewrite": [rewrite["prompt"].format(rewrite["subject"])], "probe": list(record["paraphrase_prompts"])}
+        prefixes = {
+            "rewrite": [rewrite["prompt"].format(rewrite["subject"])],
+            "probe": list(record["paraphrase_prompts"]),
+        }
         targets = {"conf": record["conflict_object"]["str"], "obj": rewrite["target_true"]["str"]}
         jobs.append((record["case_id"], prefixes, targets))
     pairs = [(p, t) for _, prefixes, targets in jobs for ps in prefixes.values() for p in ps for t in targets.values()]

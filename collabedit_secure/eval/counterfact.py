@@ -93,7 +93,8 @@ def batched_nll(model, tok, pairs: list[tuple[str, str]], batch_size: int = 64) 
 def counterfact_nll_pairs(model, tok, records: list[dict], batch_size: int = 64) -> list[dict]:
     """For each record, {prompt set: [(NLL(o_new), NLL(o_true)), ...]}."""
     prompts = [record_prompts(r) for r in records]
-    targets = [(r["requested_rewrite"]["target_new"]["str"], r["requested_rewrite"]["target_true"]["str"]) for r in records]
+    rewrites = [r["requested_rewrite"] for r in records]
+    targets = [(rw["target_new"]["str"], rw["target_true"]["str"]) for rw in rewrites]
     wanted = [
         (prefix, target)
         for sets, pair in zip(prompts, targets)

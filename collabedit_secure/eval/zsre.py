@@ -35,7 +35,8 @@ def next_token_correct(model, tok, pairs: list[tuple[str, str]], batch_size: int
         chunk = unique[start : start + batch_size]
         prefix_ids = [tok(prefix)["input_ids"] for prefix, _ in chunk]
         if not all(prefix_ids):
-            raise ValueError(f"a zsRE prompt tokenises to nothing: {[p for (p, _), i in zip(chunk, prefix_ids) if not i]}")
+            empty = [prefix for (prefix, _), ids in zip(chunk, prefix_ids) if not ids]
+            raise ValueError(f"a zsRE prompt tokenises to nothing: {empty}")
         expected = [_first_token(tok, target) for _, target in chunk]
         width = max(len(ids) for ids in prefix_ids)
         input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)

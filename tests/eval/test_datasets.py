@@ -91,7 +91,8 @@ def test_conflict_real_file(shared_data):
 def test_conflict_with_round_prompts(shared_data):
     rounds = load_round_prompts(shared_data / "conflict" / "round_prompts.json")
     assert len(rounds) == 10 and all(len(v) == 10 for v in rounds.values())
-    records = load_conflict(shared_data / "conflict" / "easy_conflict_1000_p1.json", shared_data / "conflict" / "round_prompts.json")
+    conflict = shared_data / "conflict"
+    records = load_conflict(conflict / "easy_conflict_1000_p1.json", conflict / "round_prompts.json")
     first = records[0]
     assert len(first["paraphrase_prompts"]) == 10
     assert first["paraphrase_prompts"][0] == rounds["P366"][0].format("fpart")
@@ -118,7 +119,8 @@ def test_missing_nested_field_names_record_and_field(tmp_path):
     bad = _cf_record(case_id=7)
     del bad["requested_rewrite"]["target_new"]["str"]
     path = _write(tmp_path, [_cf_record(case_id=3), bad])
-    with pytest.raises(DatasetFormatError, match=r"record 1 \(case_id 7\): missing field 'requested_rewrite.target_new.str'"):
+    message = r"record 1 \(case_id 7\): missing field 'requested_rewrite.target_new.str'"
+    with pytest.raises(DatasetFormatError, match=message):
         load_counterfact(path)
 
 

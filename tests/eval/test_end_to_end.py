@@ -59,7 +59,8 @@ def test_counterfact_success_reaches_100_when_model_prefers_target(tiny_model, t
     prompt = [rewrite["prompt"].format(rewrite["subject"])]
     candidates = ["English", "French"]
     nll = [target_nll(tiny_model, tiny_tok, prompt, [c]).item() for c in candidates]
-    rewrite["target_new"]["str"], rewrite["target_true"]["str"] = sorted(candidates, key=lambda c: nll[candidates.index(c)])
+    likelier, other = sorted(candidates, key=lambda c: nll[candidates.index(c)])
+    rewrite["target_new"]["str"], rewrite["target_true"]["str"] = likelier, other
     per_case, summary = evaluate_dataset(tiny_model, tiny_tok, [record], fluency=False)
     assert per_case[0]["rewrite_success"] == 1.0 and summary["efficacy"] == 100.0
 
@@ -98,7 +99,8 @@ def test_zsre_accuracy_reaches_100_on_the_models_own_prediction(tiny_model, tiny
     }
     per_case, summary = evaluate_dataset(tiny_model, tiny_tok, [record], kind="zsre")
     assert (summary["efficacy"], summary["generalization"], summary["specificity"]) == (100.0, 100.0, 100.0)
-    other = next(w for w in (" English", " French", " Paris") if tiny_tok(w)["input_ids"][0] != tiny_tok(" " + answer)["input_ids"][0])
+    answer_id = tiny_tok(" " + answer)["input_ids"][0]
+    other = next(w for w in (" English", " French", " Paris") if tiny_tok(w)["input_ids"][0] != answer_id)
     assert next_token_correct(tiny_model, tiny_tok, [(src, other)]) == {(src, other): False}
 
 
@@ -117,7 +119,7 @@ def test_fluency_generation_is_deterministic_and_batch_independent(tiny_model, t
     # Greedy (top_k=1) sampling exercises left padding: batched equals one by one.
     greedy = generate_texts(tiny_model, tiny_tok, prompts, max_out_len=20, top_k=1)
     assert greedy == [generate_texts(tiny_model, tiny_tok, [p], max_out_len=20, top_k=1)[0] for p in prompts]
-    lengths = [len(tiny_tok(generate_texts(tiny_model, tiny_tok, [p], max_out_len=20, top_k=1)[0])["input_ids"]) for p in prompts[:2]]
+    lengths = [len(tiny_tok(text)["input_ids"]) for text in greedy[:2]]
     assert all(abs(n - 20) <= 2 for n in lengths)  # re-tokenising the decoded text may merge a token
 
 
@@ -174,7 +176,8 @@ def test_conflict_probe_matches_direct_probabilities(shared_data, tiny_model, ti
     prompt = record["requested_rewrite"]["prompt"].format(record["requested_rewrite"]["subject"])
     p_conf = math.exp(-target_nll(tiny_model, tiny_tok, [prompt], [record["conflict_object"]["str"]]).item())
     probes = record["paraphrase_prompts"]
-    p_obj = torch.exp(-target_nll(tiny_model, tiny_tok, probes, [record["requested_rewrite"]["target_true"]["str"]] * 10))
+    true_object = record["requested_rewrite"]["target_true"]["str"]
+    p_obj = torch.exp(-target_nll(tiny_model, tiny_tok, probes, [true_object] * len(probes)))
     assert case["rewrite_p_conf"] == pytest.approx(p_conf, rel=1e-5)
     assert case["probe_p_obj"] == pytest.approx(p_obj.mean().item(), rel=1e-5)
     gaps = [c["rewrite_p_conf"] - c["rewrite_p_obj"] for c in per_case]

@@ -40,7 +40,8 @@ def test_neighborhood_success_is_reversed():
     # neighbourhood prompts should keep the true object: success where NLL(o_true) < NLL(o_new).
     metrics = prompt_set_metrics([(1.0, 2.0), (3.0, 0.5), (4.0, 1.0)], neighborhood=True)
     assert metrics["success"] == pytest.approx(2 / 3)
-    expected_diff = ((math.exp(-2) - math.exp(-1)) + (math.exp(-0.5) - math.exp(-3)) + (math.exp(-1) - math.exp(-4))) / 3
+    gaps = [math.exp(-2) - math.exp(-1), math.exp(-0.5) - math.exp(-3), math.exp(-1) - math.exp(-4)]
+    expected_diff = sum(gaps) / 3
     assert metrics["diff"] == pytest.approx(expected_diff)
 
 
