@@ -145,14 +145,13 @@ void decode(py::array sum, int scale_bits, py::array out) {
   ce::mask_decode(s, n, scale_bits, o);
 }
 
-void set_threads(int n) {
-  ce::set_num_threads(n);
-  scipy_openblas_set_num_threads64_(ce::num_threads());
-}
+void set_threads(int n) { ce::set_num_threads(n); }
 
 }  // namespace
 
 PYBIND11_MODULE(_kernels, m) {
+  // The kernels parallelise coarsely themselves; OpenBLAS's own threads would oversubscribe.
+  scipy_openblas_set_num_threads64_(1);
   m.doc() = "CPU kernels of collabedit_secure (see collabedit_secure.kernels for the public API)";
   m.def("covariance_accumulate", &covariance, py::arg("acc"), py::arg("keys"), py::arg("bfloat16"), py::arg("mask"));
   m.def("regularized_solve", &solve, py::arg("c0"), py::arg("lam"), py::arg("c_acc"), py::arg("s_kk"), py::arg("x"));

@@ -8,7 +8,7 @@ enum Order { RowMajor = 101, ColMajor = 102 };
 enum Trans { NoTrans = 111, Transposed = 112 };
 enum Uplo { Upper = 121, Lower = 122 };
 enum Diag { NonUnit = 131 };
-enum Side { Left = 141 };
+enum Side { Left = 141, Right = 142 };
 }  // namespace ce::blas
 
 extern "C" {

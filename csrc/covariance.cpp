@@ -2,6 +2,7 @@
 // flops). Keys arrive as float32/bfloat16/float64 with any strides; rows are compacted (mask)
 // and widened to float64 in cache-sized chunks, so precision is float64 throughout.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -52,23 +53,44 @@ void widen_rows(const KeyView& k, const int64_t* rows, int64_t count, double* ds
 // Offset of row i in the packed row-major upper triangle of a d x d matrix.
 inline int64_t packed_row(int64_t i, int64_t d) { return i * d - i * (i - 1) / 2; }
 
-// packed += upper triangle of blockᵀblock, computed in row panels so no d x d scratch is needed.
-void syrk_into_packed(double* packed, const double* block, int64_t rows, int64_t d) {
-  const int64_t panel = std::min<int64_t>(d, 384);
-  std::vector<double> scratch(static_cast<size_t>(panel * d));
-  for (int64_t i0 = 0; i0 < d; i0 += panel) {
-    const int64_t m = std::min(panel, d - i0), width = d - i0;
-    scipy_cblas_dgemm64_(blas::RowMajor, blas::Transposed, blas::NoTrans, m, width, rows, 1.0,
-                         block + i0, d, block + i0, d, 0.0, scratch.data(), width);
-    parallel_ranges(m, 1, 8, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) {
-        const int64_t i = i0 + r;
-        double* dst = packed + packed_row(i, d);
-        const double* src = scratch.data() + r * width + r;
-        for (int64_t j = 0; j < d - i; ++j) dst[j] += src[j];
-      }
-    });
+// acc rows [i0, i1) += upper part of blockᵀblock: SYRK on the diagonal block, GEMM right of it.
+void syrk_rows_full(double* acc, const double* block, int64_t rows, int64_t d, int64_t i0, int64_t i1) {
+  const int64_t m = i1 - i0;
+  scipy_cblas_dsyrk64_(blas::RowMajor, blas::Upper, blas::Transposed, m, rows, 1.0, block + i0, d, 1.0,
+                       acc + i0 * d + i0, d);
+  if (i1 < d)
+    scipy_cblas_dgemm64_(blas::RowMajor, blas::Transposed, blas::NoTrans, m, d - i1, rows, 1.0, block + i0, d,
+                         block + i1, d, 1.0, acc + i0 * d + i1, d);
+}
+
+// Packed rows [i0, i1) += upper part of blockᵀblock, in panels through a small scratch.
+void syrk_rows_packed(double* packed, const double* block, int64_t rows, int64_t d, int64_t i0, int64_t i1) {
+  const int64_t panel = 256;
+  std::vector<double> scratch(static_cast<size_t>(std::min(panel, i1 - i0) * (d - i0)));
+  for (int64_t p0 = i0; p0 < i1; p0 += panel) {
+    const int64_t m = std::min(panel, i1 - p0), width = d - p0;
+    scipy_cblas_dgemm64_(blas::RowMajor, blas::Transposed, blas::NoTrans, m, width, rows, 1.0, block + p0, d,
+                         block + p0, d, 0.0, scratch.data(), width);
+    for (int64_t r = 0; r < m; ++r) {
+      const int64_t i = p0 + r;
+      double* dst = packed + packed_row(i, d);
+      const double* src = scratch.data() + r * width + r;
+      for (int64_t j = 0; j < d - i; ++j) dst[j] += src[j];
+    }
   }
+}
+
+// One single-threaded BLAS call per thread on disjoint, equal-area row ranges: no fine-grained
+// BLAS barriers, which stall badly when the cores are shared with other processes.
+void syrk_update(double* acc, bool packed, const double* block, int64_t rows, int64_t d) {
+  const std::vector<int64_t> bounds = equal_area_split(d, d >= 256 ? num_threads() : 1);
+  parallel_ranges(int64_t(bounds.size()) - 1, 1, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      if (bounds[t] == bounds[t + 1]) continue;
+      if (packed) syrk_rows_packed(acc, block, rows, d, bounds[t], bounds[t + 1]);
+      else syrk_rows_full(acc, block, rows, d, bounds[t], bounds[t + 1]);
+    }
+  });
 }
 
 // Copies the upper triangle of a row-major d x d matrix onto its lower triangle, tile by tile.
@@ -100,12 +122,7 @@ void covariance_accumulate(double* acc, bool packed, const KeyView& keys, const 
   for (size_t start = 0; start < rows.size(); start += chunk) {
     const int64_t count = std::min<int64_t>(chunk, rows.size() - start);
     widen_rows(keys, rows.data() + start, count, block.data());
-    if (packed) {
-      syrk_into_packed(acc, block.data(), count, d);
-    } else {
-      scipy_cblas_dsyrk64_(blas::RowMajor, blas::Upper, blas::Transposed, d, count, 1.0,
-                           block.data(), d, 1.0, acc, d);
-    }
+    syrk_update(acc, packed, block.data(), count, d);
   }
   if (!packed) mirror_upper(acc, d);
 }

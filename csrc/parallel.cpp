@@ -1,6 +1,7 @@
 #include "parallel.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <exception>
 #include <thread>
@@ -45,6 +46,16 @@ void parallel_ranges(int64_t n, int64_t align, int64_t min_per_thread,
   for (auto& w : workers) w.join();
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);
+}
+
+std::vector<int64_t> equal_area_split(int64_t d, int64_t parts) {
+  std::vector<int64_t> bounds{0};
+  for (int64_t t = 1; t < parts; ++t) {
+    const auto b = static_cast<int64_t>(double(d) * (1.0 - std::sqrt(1.0 - double(t) / double(parts))));
+    bounds.push_back(std::clamp<int64_t>(b, bounds.back(), d));
+  }
+  bounds.push_back(d);
+  return bounds;
 }
 
 }  // namespace ce

@@ -87,3 +87,12 @@ def test_nan_input_is_refused_not_propagated(backend, rng):
 def test_bad_arguments(backend, c0, s_kk, s_rk, lam, error, message):
     with pytest.raises(error, match=message):
         kernels.regularized_solve(c0, lam, s_kk, s_rk)
+
+
+def test_failure_in_a_later_block_reports_its_minor(backend, rng):
+    d = 450  # several Cholesky blocks on the C++ path
+    c0 = np.eye(d)
+    s_kk = np.zeros((d, d))
+    s_kk[d - 3, d - 3] = -2.0
+    with pytest.raises(kernels.NotPositiveDefiniteError, match=f"layer blk is not positive definite \(leading minor {d - 2} of {d}\)"):
+        kernels.regularized_solve(c0, 1.0, s_kk, np.ones((2, d)), layer="blk")
