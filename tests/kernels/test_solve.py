@@ -94,5 +94,5 @@ def test_failure_in_a_later_block_reports_its_minor(backend, rng):
     c0 = np.eye(d)
     s_kk = np.zeros((d, d))
     s_kk[d - 3, d - 3] = -2.0
-    with pytest.raises(kernels.NotPositiveDefiniteError, match=f"layer blk is not positive definite \(leading minor {d - 2} of {d}\)"):
+    with pytest.raises(kernels.NotPositiveDefiniteError, match=rf"layer blk is not positive definite \(leading minor {d - 2} of {d}\)"):
         kernels.regularized_solve(c0, 1.0, s_kk, np.ones((2, d)), layer="blk")
