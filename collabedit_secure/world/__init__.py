@@ -1,1 +1,32 @@
+"""The embedded default: a synthetic world and a small GPT-2 that knows it.
 
+No model can be downloaded here, so the project generates one (deterministically, in minutes on two
+CPU cores) and caches it under $COLLABEDIT_CACHE or ~/.cache/collabedit_secure.
+
+The default world (WorldConfig()):
+- 1,000 people with syllable-built two-word names (e.g. "Koro Potrer"); no name or surname is a
+  substring of another;
+- 20 relations R01..R20, each with a rewrite template, two paraphrases and two generation templates:
+  mother tongue, birth city, profession, instrument, sport, citizenship, employer, favourite colour,
+  pet, field of study, favourite food, landscape lived near, political party, kind of writing, means
+  of travel, house material, hobby, usual drink, guild, birth month;
+- 10-12 objects per relation (invented languages, cities, countries and companies; ordinary words
+  otherwise), 5 relations per person: 5,000 true facts, every (relation, object) held by 19+ people;
+- 5,000 edit cases in the MultiCounterFact schema (1 rewrite prompt, 2 paraphrases after a filler
+  sentence, 10 neighbourhood, 10 attribute and 10 generation prompts, target_new from the same
+  relation);
+- a corpus stating every fact in all five templates plus filler sentences (about 12.6k texts, 257k
+  tokens), used to train the model and as the public corpus for the covariance C0;
+- a byte-level BPE tokenizer (GPT-2 conventions, 4,000 tokens) and a GPT-2 (pre-LN, GELU MLP, tied
+  embeddings), trained until >= 95% of rewrite, paraphrase and neighbourhood prompts prefer the true
+  object to target_new under the CounterFact per-token NLL rule.
+
+Entry points: `load_default()` (cached), `build_world(out_dir, config)`, `WorldConfig`, `tiny_config()`.
+"""
+
+from .cache import WorldBundle, build_world, default_cache_root, load_default, verify_bundle
+from .config import BUILD_VERSION, WorldConfig, tiny_config
+from .generator import World, generate_world
+
+__all__ = ["BUILD_VERSION", "World", "WorldBundle", "WorldConfig", "build_world", "default_cache_root",
+           "generate_world", "load_default", "tiny_config", "verify_bundle"]

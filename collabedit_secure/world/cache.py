@@ -1,0 +1,208 @@
+"""Build, verify and cache the embedded default world (records, corpus, tokenizer, trained GPT-2).
+
+Layout of a bundle directory:
+    model/            an HF dir: AutoModelForCausalLM / AutoTokenizer load it
+    records.json      CounterFact-schema edit cases
+    corpus.json       the world texts (training data and the public corpus for C0), fixed order
+    world_config.json the WorldConfig that produced it
+    knowledge.json    final knowledge-check fractions and build times
+    manifest.json     sha256 of every other file; written LAST, so its presence marks a finished build
+
+Builds go to a temporary sibling directory and are renamed into place; an fcntl lock per cache key
+makes a second builder wait and then reuse the first one's result.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import WorldConfig
+
+MANIFEST = "manifest.json"
+REQUIRED_FILES = ("records.json", "corpus.json", "world_config.json", "knowledge.json",
+                  "model/config.json", "model/model.safetensors", "model/tokenizer.json")
+
+
+@dataclass
+class WorldBundle:
+    root: Path
+    config: WorldConfig
+    records: list[dict]
+    knowledge: dict
+    built_now: bool = field(default=False, compare=False)  # True when this call trained it
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
+    def corpus_texts(self) -> list[str]:
+        """The public corpus (C0 statistics, and the training data), in its fixed order."""
+        return json.loads((self.root / "corpus.json").read_text())
+
+    def load_model(self, device: str = "cpu"):
+        """(model in eval mode, float32, on device; its tokenizer with pad = eos)."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=torch.float32).to(device)
+        tok = AutoTokenizer.from_pretrained(str(self.model_dir))
+        tok.pad_token = tok.eos_token
+        return model.eval(), tok
+
+
+def default_cache_root() -> Path:
+    env = os.environ.get("COLLABEDIT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "collabedit_secure"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=1, ensure_ascii=False))
+
+
+def write_manifest(root: Path, config: WorldConfig) -> None:
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+    entries = {str(p.relative_to(root)): _sha256(p) for p in files}
+    _write_json(root / MANIFEST, {"cache_key": config.cache_key(), "files": entries})
+
+
+def verify_bundle(root: Path, config: WorldConfig) -> str | None:
+    """None if root holds a complete, untampered build of config; otherwise the reason it does not."""
+    manifest_path = root / MANIFEST
+    if not root.is_dir():
+        return "directory missing"
+    if not manifest_path.is_file():
+        return "manifest.json missing (partial or interrupted build)"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        entries = manifest["files"]
+    except (ValueError, KeyError) as exc:
+        return f"manifest.json unreadable: {exc}"
+    if manifest.get("cache_key") != config.cache_key():
+        return f"manifest is for cache key {manifest.get('cache_key')}, expected {config.cache_key()}"
+    for name in REQUIRED_FILES:
+        if name not in entries:
+            return f"manifest does not list {name}"
+    for name, digest in entries.items():
+        path = root / name
+        if not path.is_file():
+            return f"{name} missing"
+        if _sha256(path) != digest:
+            return f"{name} does not match its sha256 in the manifest"
+    return None
+
+
+def open_bundle(root: Path, config: WorldConfig | None = None) -> WorldBundle:
+    root = Path(root)
+    if config is None:
+        config = WorldConfig.from_dict(json.loads((root / "world_config.json").read_text()))
+    records = json.loads((root / "records.json").read_text())
+    knowledge = json.loads((root / "knowledge.json").read_text())
+    return WorldBundle(root=root, config=config, records=records, knowledge=knowledge)
+
+
+def _build_into(tmp: Path, config: WorldConfig, progress: bool) -> None:
+    from .generator import generate_world
+    from .tokenizer import save_tokenizer, train_tokenizer
+    from .train import train_model
+
+    start = time.time()
+    world = generate_world(config)
+    tok = train_tokenizer(world.corpus, config.vocab_size)
+    model, report = train_model(config, tok, world.corpus, world.records, progress=progress)
+    model_dir = tmp / "model"
+    model.save_pretrained(str(model_dir))
+    save_tokenizer(tok, model_dir, config.n_positions)
+    _write_json(tmp / "records.json", world.records)
+    _write_json(tmp / "corpus.json", world.corpus)
+    _write_json(tmp / "world_config.json", config.to_dict())
+    knowledge = {**report["final"], "records_checked": report["final_records"], "epochs": report["epochs"],
+                 "steps": report["steps"], "train_s": report["train_s"], "build_s": round(time.time() - start, 1),
+                 "n_subjects": len(world.subjects), "n_relations": len(world.relations),
+                 "n_facts": len(world.facts), "n_records": len(world.records), "n_texts": len(world.corpus),
+                 "n_params": sum(p.numel() for p in model.parameters()), "history": report["history"]}
+    _write_json(tmp / "knowledge.json", knowledge)
+    write_manifest(tmp, config)  # last: its presence means everything above is complete
+
+
+def build_world(out_dir, config: WorldConfig = WorldConfig(), progress: bool = True) -> WorldBundle:
+    """Generate, tokenise, train and save a world into out_dir (built in a temp dir, renamed atomically)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} already exists; remove it or pick another directory")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
+    try:
+        _build_into(tmp, config, progress)
+        os.rename(tmp, out_dir)  # atomic on one filesystem; fails if another builder won the race
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if verify_bundle(out_dir, config) is None:  # someone else finished first: use theirs
+            return open_bundle(out_dir, config)
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    bundle = open_bundle(out_dir, config)
+    bundle.built_now = True
+    return bundle
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _check_loadable(bundle: WorldBundle) -> str | None:
+    try:
+        bundle.load_model()
+    except Exception as exc:  # any failure to load means the cache is unusable
+        return f"model does not load: {type(exc).__name__}: {exc}"
+    return None
+
+
+def load_default(cache_dir=None, progress: bool = True, config: WorldConfig | None = None) -> WorldBundle:
+    """The embedded default world, from cache if valid, else built (minutes) and cached.
+
+    A corrupt or partial cache is reported with a warning, moved aside and rebuilt.
+    """
+    config = config or WorldConfig()
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_root()
+    final = root / f"world-{config.cache_key()}"
+    with _locked(root / f"world-{config.cache_key()}.lock"):
+        reason = verify_bundle(final, config)
+        if reason is None:
+            bundle = open_bundle(final, config)
+            reason = _check_loadable(bundle)
+            if reason is None:
+                return bundle
+        if final.exists():
+            warnings.warn(f"cached world at {final} is invalid ({reason}); rebuilding", RuntimeWarning,
+                          stacklevel=2)
+            trash = final.with_name(f".{final.name}.invalid-{os.getpid()}-{time.time_ns()}")
+            os.rename(final, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        return build_world(final, config, progress=progress)

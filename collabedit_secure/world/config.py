@@ -1,0 +1,93 @@
+"""Every knob of the embedded default: world size, tokenizer, model shape, training recipe, seeds.
+
+The cache key is a hash of this dataclass (plus BUILD_VERSION), so changing any field rebuilds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+# Bump when generator/tokenizer/training code changes what a given config produces.
+BUILD_VERSION = "world-v1"
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    # world
+    seed: int = 20250417
+    n_subjects: int = 1000
+    n_relations: int = 20
+    relations_per_subject: int = 5
+    objects_per_relation: int = 12  # capped by each relation's vocabulary
+    n_neighbours: int = 10  # neighbourhood / attribute / generation prompts per record (CounterFact: 10)
+    filler_per_subject: float = 0.3  # filler sentences in the corpus, per subject
+    max_sentences_per_text: int = 3
+    # tokenizer
+    vocab_size: int = 4000
+    # model (GPT-2, pre-LN, GELU MLP, tied embeddings)
+    n_layer: int = 6
+    n_embd: int = 192
+    n_head: int = 6
+    n_inner: int = 768
+    n_positions: int = 128
+    # training
+    train_seed: int = 7
+    batch_size: int = 16
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    max_epochs: int = 40
+    schedule_epochs: int = 12  # cosine decay horizon; training may stop earlier (knowledge check)
+    weight_decay: float = 0.0
+    threads: int = 2
+    # knowledge check
+    check_sample: int = 200  # records scored after each epoch
+    check_margin: float = 0.01  # the per-epoch sample must beat target + margin before the full check
+    target_knowledge: float = 0.95
+    final_check_records: int = 0  # 0: all records
+    require_knowledge: bool = True  # raise if the target is never reached
+
+    def __post_init__(self) -> None:
+        positive = ["n_subjects", "n_relations", "relations_per_subject", "objects_per_relation",
+                    "n_neighbours", "vocab_size", "n_layer", "n_embd", "n_head", "n_inner",
+                    "n_positions", "batch_size", "max_epochs", "schedule_epochs", "threads", "check_sample"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"WorldConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.relations_per_subject > self.n_relations:
+            raise ValueError(f"relations_per_subject={self.relations_per_subject} > n_relations={self.n_relations}")
+        if self.objects_per_relation < 2:
+            raise ValueError("objects_per_relation must be >= 2 (target_new needs another object)")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} not divisible by n_head={self.n_head}")
+        if not 0.5 < self.target_knowledge <= 1.0:
+            raise ValueError(f"target_knowledge must be in (0.5, 1], got {self.target_knowledge}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "WorldConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown WorldConfig fields: {sorted(unknown)}")
+        return cls(**data)
+
+    def cache_key(self) -> str:
+        """Hash of every knob plus the code version: the cache subfolder name."""
+        blob = json.dumps({"version": BUILD_VERSION, "config": self.to_dict()}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def tiny_config(**overrides) -> WorldConfig:
+    """A world that builds in seconds (tests): 60 subjects, 5 relations, a 4-layer model, short training."""
+    base = dict(n_subjects=60, n_relations=5, relations_per_subject=5, objects_per_relation=4,
+                vocab_size=600, n_layer=4, n_embd=64, n_head=4, n_inner=256, n_positions=64,
+                batch_size=16, max_epochs=2, schedule_epochs=2, warmup_steps=5, check_sample=20,
+                final_check_records=40, require_knowledge=False)
+    base.update(overrides)
+    return WorldConfig(**base)

@@ -1,0 +1,135 @@
+"""Train a small GPT-2 on the world corpus until it knows its facts (CounterFact per-token-NLL rule).
+
+Texts are joined with EOS and packed into blocks of n_positions tokens; each epoch reshuffles the
+text order with a seeded generator, so the run is deterministic. After every epoch a sample of
+records is scored; once it clears target + margin, all records are scored (the final check).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from collabedit_secure.eval.nll import target_nll
+
+from .config import WorldConfig
+
+
+def make_model(config: WorldConfig, vocab_size: int, eos_id: int) -> GPT2LMHeadModel:
+    gpt2 = GPT2Config(vocab_size=vocab_size, n_positions=config.n_positions, n_embd=config.n_embd,
+                      n_layer=config.n_layer, n_head=config.n_head, n_inner=config.n_inner,
+                      activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                      bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id, tie_word_embeddings=True)
+    return GPT2LMHeadModel(gpt2)
+
+
+def pack_epoch(token_lists: list[list[int]], eos_id: int, block: int, rng: random.Random) -> torch.Tensor:
+    """Shuffle texts, join as text EOS text EOS ..., cut into (n_blocks, block) rows (tail dropped)."""
+    order = list(range(len(token_lists)))
+    rng.shuffle(order)
+    stream: list[int] = []
+    for i in order:
+        stream += token_lists[i]
+        stream.append(eos_id)
+    n_blocks = len(stream) // block
+    if n_blocks == 0:
+        raise ValueError(f"corpus has {len(stream)} tokens, fewer than one block of {block}")
+    return torch.tensor(stream[: n_blocks * block]).view(n_blocks, block)
+
+
+def lr_at(step: int, total: int, config: WorldConfig) -> float:
+    """Linear warmup, then cosine from lr down to min_lr_ratio * lr at `total`, flat afterwards."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, total - config.warmup_steps))
+    floor = config.min_lr_ratio * config.lr
+    return floor + 0.5 * (config.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+def knowledge(model, tok, records: list[dict]) -> dict[str, float]:
+    """Fraction of rewrite / paraphrase / neighbourhood prompts where NLL(true) < NLL(new)."""
+    model.eval()
+    prefixes, trues, news, kinds = [], [], [], []
+    for rec in records:
+        rw = rec["requested_rewrite"]
+        prompts = ([("rewrite", rw["prompt"].format(rw["subject"]))]
+                   + [("paraphrase", p) for p in rec["paraphrase_prompts"]]
+                   + [("neighborhood", p) for p in rec["neighborhood_prompts"]])
+        for kind, p in prompts:
+            prefixes.append(p)
+            trues.append(rw["target_true"]["str"])
+            news.append(rw["target_new"]["str"])
+            kinds.append(kind)
+    nll_true = target_nll(model, tok, prefixes, trues)
+    nll_new = target_nll(model, tok, prefixes, news)
+    knows = (nll_true < nll_new).tolist()
+    out = {}
+    for kind in ("rewrite", "paraphrase", "neighborhood"):
+        hits = [k for k, kd in zip(knows, kinds) if kd == kind]
+        out[kind] = sum(hits) / len(hits)
+    return out
+
+
+def passes(scores: dict[str, float], bar: float) -> bool:
+    return all(scores[k] >= bar for k in ("rewrite", "paraphrase", "neighborhood"))
+
+
+def train_model(config: WorldConfig, tok, corpus: list[str], records: list[dict], progress: bool = True):
+    """Returns (model in eval mode, knowledge report). Raises if required knowledge is never reached."""
+    torch.manual_seed(config.train_seed)
+    torch.set_num_threads(config.threads)
+    rng = random.Random(config.train_seed)
+    eos = tok.eos_token_id
+    model = make_model(config, len(tok), eos)
+    token_lists = tok(corpus)["input_ids"]
+    blocks_per_epoch = pack_epoch(token_lists, eos, config.n_positions, random.Random(0)).shape[0]
+    steps_per_epoch = math.ceil(blocks_per_epoch / config.batch_size)
+    horizon = steps_per_epoch * config.schedule_epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98),
+                            weight_decay=config.weight_decay)
+    sample = random.Random(config.train_seed).sample(records, min(config.check_sample, len(records)))
+    final_set = records if config.final_check_records <= 0 else records[: config.final_check_records]
+    history, step, start = [], 0, time.time()
+    scores, final = {}, None
+    for epoch in range(config.max_epochs):
+        data = pack_epoch(token_lists, eos, config.n_positions, rng)
+        model.train()
+        bar = tqdm(range(0, len(data), config.batch_size), desc=f"epoch {epoch + 1}", disable=not progress,
+                   leave=False)
+        total_loss = 0.0
+        for i in bar:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, horizon, config)
+            batch = data[i : i + config.batch_size]
+            loss = model(input_ids=batch, labels=batch).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            total_loss += loss.item()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        scores = knowledge(model, tok, sample)
+        history.append({"epoch": epoch + 1, "loss": total_loss / len(bar), **scores,
+                        "elapsed_s": round(time.time() - start, 1)})
+        if progress:
+            tqdm.write(f"epoch {epoch + 1}: loss {history[-1]['loss']:.3f} sample knowledge "
+                       + " ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+        if passes(scores, config.target_knowledge + config.check_margin) or epoch + 1 == config.max_epochs:
+            final = knowledge(model, tok, final_set)
+            if progress:
+                tqdm.write("full check: " + " ".join(f"{k} {v:.3f}" for k, v in final.items()))
+            if passes(final, config.target_knowledge):
+                break
+    model.eval()
+    if config.require_knowledge and not passes(final, config.target_knowledge):
+        raise RuntimeError(f"model did not reach {config.target_knowledge:.0%} knowledge in "
+                           f"{config.max_epochs} epochs: {final}")
+    report = {"final": final, "final_records": len(final_set), "epochs": len(history), "steps": step,
+              "train_s": round(time.time() - start, 1), "history": history}
+    return model, report
