@@ -19,7 +19,8 @@ from typing import Callable
 
 import torch
 
-from ..kernels import regularized_solve, unpack_upper
+from ..kernels import unpack_upper
+from ..merging.collabedit import collabedit_merge, update_dynamic_covariance  # noqa: F401 (re-export)
 from .adapters import ModelAdapter
 from .context import check_templates, generate_context_templates
 from .delta import EditDelta, creation_info
@@ -90,13 +91,6 @@ class EditResult:
     contributions: list[dict[int, LayerContribution]]  # per party, per layer (sums; factors if kept)
 
 
-def update_dynamic_covariance(c_acc: dict[str, torch.Tensor] | None, s_kk: dict[str, torch.Tensor],
-                              lam: float) -> dict[str, torch.Tensor]:
-    """Multi-round "dynamic covariance": C_acc + λ S_KK per layer (a new dict; inputs untouched)."""
-    c_acc = c_acc or {}
-    return {name: c_acc.get(name, 0) + lam * kk for name, kk in s_kk.items()}
-
-
 def _check_parties(parties) -> None:
     if not isinstance(parties, (list, tuple)) or not parties:
         raise ValueError("edit needs at least one party (a list of lists of EditRequest)")
@@ -128,7 +122,7 @@ def _by_module(matrices: dict | None, adapter: ModelAdapter, layers: list[int], 
 
 
 def _solve(name, c0, lam, s_kk, s_rk, c_acc) -> torch.Tensor:
-    return regularized_solve(c0[name], lam, s_kk, s_rk, c_acc=c_acc.get(name), layer=name)
+    return collabedit_merge(c0[name], lam, s_kk, s_rk, c_acc=c_acc.get(name), layer=name)
 
 
 def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0: dict,

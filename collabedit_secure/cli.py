@@ -1,0 +1,152 @@
+"""`collabedit`: the command-line entry point.
+
+    collabedit world build [--out DIR]
+    collabedit stats --model M --layers 1 2 3 [--corpus world|PATH] --out DIR
+    collabedit edit --model M --requests FILE --schedule parallel|sequential --out DIR
+    collabedit simulate --parties N --edits-per-party M --rounds R --schedule S --methods ... --json OUT
+    collabedit eval --model M --dataset PATH --json OUT
+    collabedit bench kernels [--quick] --json OUT
+
+M is a local HF model directory, a hub name, or `default` (the embedded world model).
+Heavy imports happen inside each command so that `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+class CliError(Exception):
+    """A user-facing error: printed without a traceback, exit status 2."""
+
+
+def _world_build(args: argparse.Namespace) -> None:
+    from .world import build_world, load_default
+
+    bundle = build_world(Path(args.out)) if args.out else load_default(progress=True)
+    print(f"embedded default world: {bundle.root}")
+    print(f"model directory:        {bundle.model_dir}")
+    print(f"edit cases:             {len(bundle.records)}")
+    print(f"knowledge check:        {json.dumps(bundle.knowledge)}")
+
+
+def _stats(args: argparse.Namespace) -> None:
+    from .pipeline import compute_stats
+
+    for path in compute_stats(args.model, args.layers, args.corpus, Path(args.out), args.samples):
+        print(f"wrote {path}")
+
+
+def _edit(args: argparse.Namespace) -> None:
+    from .pipeline import run_edit
+
+    out = run_edit(args.model, Path(args.requests), args.schedule, Path(args.out), args.hparams, args.stats)
+    print(f"edited model written to {out}")
+
+
+def _simulate(args: argparse.Namespace) -> None:
+    from .simulate import SimulationConfig, run_simulation
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    config = SimulationConfig(
+        parties=args.parties,
+        edits_per_party=args.edits_per_party,
+        rounds=args.rounds,
+        schedule=args.schedule,
+        methods=methods,
+        dataset=Path(args.dataset) if args.dataset else None,
+        model=args.model,
+        hparams=Path(args.hparams) if args.hparams else None,
+        seed=args.seed,
+        fluency=not args.no_fluency,
+    )
+    run_simulation(config, json_out=Path(args.json) if args.json else None)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from .pipeline import run_eval
+
+    summary = run_eval(args.model, Path(args.dataset), Path(args.json), fluency=not args.no_fluency)
+    print(json.dumps(summary, indent=2))
+
+
+def _bench_kernels(args: argparse.Namespace) -> None:
+    from .bench import kernels as bench_kernels
+
+    bench_kernels.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="collabedit", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    world = commands.add_parser("world", help="the embedded default world and model")
+    world_cmds = world.add_subparsers(dest="world_command", required=True)
+    build = world_cmds.add_parser("build", help="build or reuse the embedded default; prints where it is")
+    build.add_argument("--out", help="build into this directory instead of the cache")
+    build.set_defaults(handler=_world_build)
+
+    stats = commands.add_parser("stats", help="covariance statistics C0 of edited layers over a corpus")
+    stats.add_argument("--model", required=True, help="HF directory, hub name, or 'default'")
+    stats.add_argument("--layers", required=True, type=int, nargs="+", help="layer indices")
+    stats.add_argument("--corpus", default="world", help="'world' or a text file (one document per line)")
+    stats.add_argument("--samples", type=int, default=None, help="number of documents (default: hparams)")
+    stats.add_argument("--out", required=True, help="directory for the npz files (MEMIT layout)")
+    stats.set_defaults(handler=_stats)
+
+    edit = commands.add_parser("edit", help="MEMIT edit of a model with a request file")
+    edit.add_argument("--model", required=True, help="HF directory, hub name, or 'default'")
+    edit.add_argument("--requests", required=True, help="CounterFact/zsRE JSON, or a JSON list of requests")
+    edit.add_argument("--schedule", choices=["parallel", "sequential"], default="sequential")
+    edit.add_argument("--hparams", help="MEMIT hparams YAML (default: chosen from the model family)")
+    edit.add_argument("--stats", help="directory with covariance npz files (default: computed and cached)")
+    edit.add_argument("--out", required=True, help="output directory (HF model + delta + edit_meta.json)")
+    edit.set_defaults(handler=_edit)
+
+    sim = commands.add_parser("simulate", help="in-process collaborative editing experiment")
+    sim.add_argument("--parties", type=int, default=10)
+    sim.add_argument("--edits-per-party", type=int, default=20)
+    sim.add_argument("--rounds", type=int, default=1)
+    sim.add_argument("--schedule", choices=["parallel", "sequential"], default="parallel")
+    sim.add_argument("--methods", default="collabedit,global,ta,sa,ties",
+                     help="comma-separated: collabedit, global, ta, sa, ties")
+    sim.add_argument("--dataset", help="CounterFact-format file (default: the embedded world)")
+    sim.add_argument("--model", default="default", help="HF directory or 'default'")
+    sim.add_argument("--hparams", help="MEMIT hparams YAML")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--no-fluency", action="store_true", help="skip generation-based fluency")
+    sim.add_argument("--json", help="write the results JSON here")
+    sim.set_defaults(handler=_simulate)
+
+    ev = commands.add_parser("eval", help="evaluate a model on a CounterFact or zsRE file")
+    ev.add_argument("--model", required=True, help="HF directory, hub name, or 'default'")
+    ev.add_argument("--dataset", required=True)
+    ev.add_argument("--no-fluency", action="store_true")
+    ev.add_argument("--json", required=True)
+    ev.set_defaults(handler=_eval)
+
+    bench = commands.add_parser("bench", help="benchmarks")
+    bench_cmds = bench.add_subparsers(dest="bench_command", required=True)
+    bench_kernels = bench_cmds.add_parser("kernels", help="compiled kernels vs their references")
+    from .bench import kernels as bench_kernels_module
+
+    bench_kernels_module.add_arguments(bench_kernels)
+    bench_kernels.set_defaults(handler=_bench_kernels)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except (CliError, FileNotFoundError, ValueError) as err:
+        print(f"collabedit: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""The CollabEdit merge: one regularised least-squares solve per layer on the two secure sums.
+
+    S_KK = sum_i K_i K_i^T,   S_RK = sum_i R_i K_i^T
+    Delta W = S_RK (lambda C0 + C_acc + S_KK)^-1
+
+The coordinator needs nothing else: no party's individual Delta_i, keys or residuals. C_acc is the
+dynamic covariance, the lambda-weighted S_KK of earlier rounds, which keeps later rounds from
+overwriting what earlier rounds wrote (knowledge forgetting).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import kernels
+
+
+def collabedit_merge(
+    c0: torch.Tensor,
+    lam: float,
+    s_kk: torch.Tensor,
+    s_rk: torch.Tensor,
+    c_acc: torch.Tensor | None = None,
+    layer: str | None = None,
+) -> torch.Tensor:
+    """Delta W for one layer (d_out x d_in, float64) from the summed statistics (S_KK full or packed)."""
+    return kernels.regularized_solve(c0, lam, s_kk, s_rk, c_acc=c_acc, layer=layer)
+
+
+def update_dynamic_covariance(c_acc: dict[str, torch.Tensor] | None, s_kk: dict[str, torch.Tensor],
+                              lam: float) -> dict[str, torch.Tensor]:
+    """After a round: C_acc + lambda S_KK per layer (a new dict; the inputs are left untouched)."""
+    c_acc = c_acc or {}
+    return {name: c_acc.get(name, 0) + lam * kk for name, kk in s_kk.items()}

@@ -1,0 +1,179 @@
+"""Glue shared by the CLI commands: load a model, pick hparams, get C0, run an edit, evaluate."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .editing.adapters import ModelAdapter
+from .editing.covariance import SecondMoment, export_memit_stats, import_memit_stats, layer_stats
+from .editing.hparams import MemitHparams
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to edit, with the corpus its C0 should come from (if it has a natural one)."""
+
+    model: torch.nn.Module
+    tok: object
+    name: str
+    corpus: Callable[[], list[str]] | None = None  # the embedded world's own corpus
+    records: list[dict] | None = None  # the embedded world's edit cases
+
+
+def load_model(spec: str, device: str = "cpu") -> LoadedModel:
+    """`default` (the embedded world model), a local HF directory, or a hub name already on disk."""
+    if spec == DEFAULT_MODEL:
+        from .world import load_default
+
+        bundle = load_default(progress=True)
+        model, tok = bundle.load_model(device=device)
+        return LoadedModel(model, tok, f"default ({bundle.model_dir})", bundle.corpus_texts, bundle.records)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local_only = Path(spec).is_dir()
+    try:
+        tok = AutoTokenizer.from_pretrained(spec, local_files_only=not local_only or None)
+        model = AutoModelForCausalLM.from_pretrained(spec, local_files_only=not local_only or None,
+                                                     torch_dtype=torch.float32)
+    except OSError as err:
+        raise FileNotFoundError(
+            f"cannot load model {spec!r}: not a local HF directory, and not in the local hub cache "
+            f"(this machine cannot download weights) ({err})"
+        ) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # MEMIT's convention: pad with EOS, right padding
+    tok.padding_side = "right"
+    return LoadedModel(model.to(device).eval(), tok, spec)
+
+
+def default_hparams(loaded: LoadedModel, path: str | Path | None = None) -> MemitHparams:
+    """The given YAML, else the shipped file for the embedded default or the model's family."""
+    if path is not None:
+        return MemitHparams.from_yaml(path)
+    if loaded.name.startswith(DEFAULT_MODEL):
+        return MemitHparams.builtin("default-world")
+    family = ModelAdapter.from_model(loaded.model).family
+    shipped = {"gpt2": "gpt2-xl", "gptj": "gpt-j-6b", "llama": "llama", "mistral": "llama", "qwen2": "llama"}
+    if family not in shipped:
+        raise ValueError(f"no shipped hparams for model family {family!r}; pass --hparams FILE")
+    return MemitHparams.builtin(shipped[family])
+
+
+def read_corpus(corpus: str, loaded: LoadedModel) -> list[str]:
+    """'world' (the embedded world's corpus) or a text file with one document per line."""
+    if corpus == "world":
+        if loaded.corpus is None:
+            raise ValueError("--corpus world needs --model default; give a text file for other models")
+        return loaded.corpus()
+    path = Path(corpus)
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file {path} does not exist")
+    return [line for line in path.read_text().splitlines() if line.strip()]
+
+
+def covariances(loaded: LoadedModel, hparams: MemitHparams, corpus: str = "world",
+                stats_dir: str | Path | None = None, n_samples: int | None = None,
+                progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """C0 = E[k kᵀ] per edited layer: imported from MEMIT-layout npz files, else computed (cached)."""
+    adapter = ModelAdapter.from_model(loaded.model, hparams)
+    c0, sources = {}, {}
+    texts = None
+    for layer in hparams.layers:
+        name = adapter.rewrite_name(layer)
+        if stats_dir is not None:
+            path = stats_file(Path(stats_dir), name, hparams)
+            stat = import_memit_stats(path)
+            sources[name] = str(path)
+        else:
+            texts = texts if texts is not None else read_corpus(corpus, loaded)
+            stat = layer_stats(loaded.model, loaded.tok, name, texts,
+                               n_samples=n_samples or hparams.mom2_n_samples,
+                               max_length=hparams.mom2_max_length, batch_size=hparams.mom2_batch_size,
+                               progress=progress)
+            sources[name] = f"computed: {corpus} corpus, {stat.count} tokens (cached)"
+        c0[name] = stat.moment()
+    return c0, sources
+
+
+def stats_file(directory: Path, module_name: str, hparams: MemitHparams) -> Path:
+    """MEMIT's file name for a layer's statistics."""
+    matches = sorted(directory.glob(f"{module_name}_*_mom2_*.npz"))
+    if not matches:
+        raise FileNotFoundError(f"no statistics for {module_name} in {directory} "
+                                f"(expected {module_name}_float32_mom2_{hparams.mom2_n_samples}.npz)")
+    return matches[0]
+
+
+def compute_stats(model: str, layers: list[int], corpus: str, out: Path, n_samples: int | None) -> list[Path]:
+    """`collabedit stats`: compute C0 for the given layers and export MEMIT-layout npz files."""
+    loaded = load_model(model)
+    hparams = default_hparams(loaded)
+    adapter = ModelAdapter.from_model(loaded.model, hparams)
+    texts = read_corpus(corpus, loaded)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for layer in layers:
+        name = adapter.rewrite_name(layer)
+        stat: SecondMoment = layer_stats(loaded.model, loaded.tok, name, texts,
+                                         n_samples=n_samples or hparams.mom2_n_samples,
+                                         max_length=hparams.mom2_max_length, batch_size=hparams.mom2_batch_size)
+        written.append(export_memit_stats(stat, out / f"{name}_float32_mom2_{n_samples or len(texts)}.npz"))
+    return written
+
+
+def read_requests(path: Path, loaded: LoadedModel) -> list:
+    """Edit requests from a CounterFact/zsRE/conflict file, or a JSON list of plain requests."""
+    from .editing.requests import EditRequest, requests_from_records
+    from .eval.datasets import load_dataset
+
+    data = json.loads(path.read_text())
+    if isinstance(data, list) and data and isinstance(data[0], dict) and "prompt" in data[0]:
+        return [EditRequest.from_record({"case_id": r.get("case_id", i), "requested_rewrite": r})
+                for i, r in enumerate(data)]
+    _, records = load_dataset(path, loaded.tok)
+    return requests_from_records(records)
+
+
+def run_edit(model: str, requests_path: Path, schedule: str, out: Path, hparams_path: str | None,
+             stats_dir: str | None) -> Path:
+    """`collabedit edit`: global MEMIT, written as an HF model dir plus the delta and edit_meta.json."""
+    from .editing.memit import edit
+
+    loaded = load_model(model)
+    hparams = default_hparams(loaded, hparams_path)
+    requests = read_requests(requests_path, loaded)
+    c0, sources = covariances(loaded, hparams, stats_dir=stats_dir)
+    result = edit(loaded.model, loaded.tok, [requests], hparams, c0, schedule=schedule, stats_files=sources)
+    result.delta.apply(loaded.model)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded.model.save_pretrained(out)
+    loaded.tok.save_pretrained(out)
+    result.delta.save(out / "delta")
+    meta = {key: result.delta.metadata.get(key) for key in
+            ("schedule", "hparams", "context_templates", "request_ids", "stats_files", "model_fingerprint")}
+    meta.update({"base_model": loaded.name, "n_requests": len(requests)})
+    (out / "edit_meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    return out
+
+
+def run_eval(model: str, dataset: Path, json_out: Path, fluency: bool = True) -> dict:
+    """`collabedit eval`: metrics of a model on a CounterFact/zsRE/conflict file."""
+    from .eval.datasets import load_dataset
+    from .eval.report import evaluate_dataset, write_report
+
+    loaded = load_model(model)
+    kind, records = load_dataset(dataset, loaded.tok)
+    per_case, summary = evaluate_dataset(loaded.model, loaded.tok, records, kind=kind, fluency=fluency)
+    write_report(json_out, per_case, summary,
+                 {"model": loaded.name, "dataset": str(dataset), "kind": kind, "n_records": len(records)})
+    return summary

@@ -1,0 +1,209 @@
+"""`collabedit simulate`: an in-process collaborative editing experiment.
+
+N parties each hold M private edits per round, for R rounds. Every method starts from the same
+model and edits the same records; the model is then evaluated on all edited records.
+
+    collabedit  parties send S_KK, S_RK; one solve per layer (with the dynamic covariance C_acc)
+    global      all edits in one place: the upper bound collabedit must equal
+    ta / sa     Task Arithmetic (sum of local Delta_i) / Simple Average (sum / n)
+    ties        TIES-merging of the local Delta_i
+    none        the unedited model, for reference
+
+In the sequential schedule the collaborative run follows the layer-synchronous protocol
+(aggregate layer l, solve, apply, recompute layer l+1), which is what makes it equal global MEMIT.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .editing.adapters import ModelAdapter
+from .editing.context import generate_context_templates
+from .editing.delta import EditDelta
+from .editing.memit import edit
+from .merging.collabedit import update_dynamic_covariance
+from .editing.requests import EditRequest
+from .eval.report import evaluate_dataset, format_summary_table
+from .merging.baselines import simple_average, task_arithmetic, ties_merge
+from .pipeline import covariances, default_hparams, load_model
+
+METHODS = ("collabedit", "global", "ta", "sa", "ties", "none")
+LOCAL_MERGES = {"ta": task_arithmetic, "sa": simple_average, "ties": ties_merge}
+
+
+@dataclass
+class SimulationConfig:
+    parties: int = 10
+    edits_per_party: int = 20
+    rounds: int = 1
+    schedule: str = "parallel"
+    methods: list[str] = field(default_factory=lambda: ["collabedit", "global", "ta", "sa", "ties"])
+    dataset: Path | None = None
+    model: str = "default"
+    hparams: Path | None = None
+    seed: int = 0
+    fluency: bool = True
+    fluency_max_len: int = 40
+
+    def validate(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        if not self.methods:
+            raise ValueError("no methods to run")
+        for name in ("parties", "edits_per_party", "rounds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.schedule not in ("parallel", "sequential"):
+            raise ValueError(f"schedule must be parallel or sequential, got {self.schedule!r}")
+
+
+def split_cases(records: list[dict], config: SimulationConfig) -> list[list[list[dict]]]:
+    """rounds x parties x edits, drawn without replacement by a seeded shuffle (one edit per subject
+    and relation, so no two requests in the experiment contradict each other)."""
+    needed = config.parties * config.edits_per_party * config.rounds
+    rng = random.Random(config.seed)
+    pool = list(records)
+    rng.shuffle(pool)
+    chosen, seen = [], set()
+    for record in pool:
+        rewrite = record["requested_rewrite"]
+        key = (rewrite["subject"], rewrite.get("relation_id", rewrite["prompt"]))
+        if key not in seen:
+            seen.add(key)
+            chosen.append(record)
+        if len(chosen) == needed:
+            break
+    if len(chosen) < needed:
+        raise ValueError(f"the dataset has {len(chosen)} non-conflicting records; "
+                         f"{config.parties} parties x {config.edits_per_party} edits x {config.rounds} "
+                         f"rounds need {needed}")
+    per_round = config.parties * config.edits_per_party
+    m = config.edits_per_party
+    return [[chosen[r * per_round + p * m: r * per_round + (p + 1) * m] for p in range(config.parties)]
+            for r in range(config.rounds)]
+
+
+def _requests(party_records: list[dict]) -> list[EditRequest]:
+    return [EditRequest.from_record(record) for record in party_records]
+
+
+class Experiment:
+    """Holds the model, C0, templates and the base weights every method starts from."""
+
+    def __init__(self, config: SimulationConfig):
+        self.config = config
+        self.loaded = load_model(config.model)
+        self.model, self.tok = self.loaded.model, self.loaded.tok
+        self.hparams = default_hparams(self.loaded, config.hparams)
+        self.c0, self.c0_sources = covariances(self.loaded, self.hparams)
+        self.templates = generate_context_templates(self.model, self.tok, self.hparams.context_template_seed,
+                                                    self.hparams.context_template_length_params)
+        adapter = ModelAdapter.from_model(self.model, self.hparams)
+        self._weights = [adapter.weight_out_in(self.model, layer) for layer in self.hparams.layers]
+        self._base = [w.detach().clone() for w in self._weights]
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        for weight, base in zip(self._weights, self._base):
+            weight.copy_(base)
+
+    def _edit(self, parties, c_acc=None):
+        return edit(self.model, self.tok, parties, self.hparams, self.c0, schedule=self.config.schedule,
+                    c_acc=c_acc, templates=self.templates, stats_files=self.c0_sources)
+
+    def run_method(self, method: str, rounds: list[list[list[dict]]]) -> tuple[float, list[dict]]:
+        """Edit round after round with one method; returns wall time and each round's ΔW."""
+        self.reset()
+        started = time.perf_counter()
+        c_acc, round_deltas = None, []
+        for parties in rounds:
+            if method == "none":
+                break
+            requests = [_requests(p) for p in parties]
+            if method in ("collabedit", "global"):
+                result = self._edit(requests if method == "collabedit" else [sum(requests, [])], c_acc)
+                c_acc = update_dynamic_covariance(c_acc, result.s_kk, self.hparams.mom2_update_weight)
+                delta = result.delta
+            else:  # every party edits alone from the same model; the server merges their Δ_i
+                local = [self._edit([party]).delta for party in requests]
+                merged = LOCAL_MERGES[method]([d.weights for d in local])
+                delta = EditDelta(merged, {**local[0].metadata, "merge": method,
+                                           "request_ids": [d.metadata["request_ids"][0] for d in local]})
+            delta.apply(self.model)
+            round_deltas.append({name: w.to(torch.float64) for name, w in delta.weights.items()})
+        return time.perf_counter() - started, round_deltas
+
+
+def relative_error(deltas: list[dict], reference: list[dict]) -> float:
+    """max over rounds and layers of ||ΔW - ΔW_ref||_F / ||ΔW_ref||_F."""
+    worst = 0.0
+    for got, want in zip(deltas, reference):
+        for name, ref in want.items():
+            worst = max(worst, float(torch.linalg.norm(got[name] - ref) / torch.linalg.norm(ref)))
+    return worst
+
+
+def run_simulation(config: SimulationConfig, json_out: Path | None = None) -> dict:
+    """Run every method, print the table, write the JSON; returns the results dict."""
+    config.validate()
+    torch.manual_seed(config.seed)
+    experiment = Experiment(config)
+    records = _load_records(config, experiment)
+    rounds = split_cases(records, config)
+    edited = [r for parties in rounds for party in parties for r in party]
+    print(f"{config.parties} parties x {config.edits_per_party} edits x {config.rounds} round(s), "
+          f"schedule {config.schedule}, model {experiment.loaded.name}")
+
+    results, deltas = {}, {}
+    for method in config.methods:
+        wall, deltas[method] = experiment.run_method(method, rounds)
+        _, summary = evaluate_dataset(experiment.model, experiment.tok, edited, fluency=config.fluency,
+                                      max_out_len=config.fluency_max_len, seed=config.seed)
+        summary["wall_time_s"] = wall
+        results[method] = summary
+        print(f"  {method:<10} edited in {wall:7.1f} s; efficacy {summary['efficacy']:.1f}, "
+              f"specificity {summary['specificity']:.1f}", flush=True)
+    experiment.reset()
+    if "collabedit" in deltas and "global" in deltas:
+        results["collabedit"]["delta_rel_err_vs_global"] = relative_error(deltas["collabedit"], deltas["global"])
+
+    extra = ["wall_time_s"] + (["delta_rel_err_vs_global"] if "delta_rel_err_vs_global" in
+                               results.get("collabedit", {}) else [])
+    print(format_summary_table(results, extra_columns=extra))
+    report = {
+        "config": {**asdict(config), "dataset": str(config.dataset) if config.dataset else "embedded world",
+                   "hparams": experiment.hparams.to_dict()},
+        "model": experiment.loaded.name,
+        "n_edits": len(edited),
+        "context_templates": experiment.templates,
+        "c0": experiment.c0_sources,
+        "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()},
+        "methods": results,
+    }
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2, default=str))
+        print(f"results written to {json_out}")
+    return report
+
+
+def _load_records(config: SimulationConfig, experiment: Experiment) -> list[dict]:
+    if config.dataset is None:
+        if experiment.loaded.records is None:
+            raise ValueError("--dataset is required for models other than the embedded default")
+        return experiment.loaded.records
+    from .eval.datasets import load_dataset
+
+    kind, records = load_dataset(config.dataset, experiment.tok)
+    if kind != "counterfact":
+        raise ValueError(f"simulate needs a CounterFact-format dataset; {config.dataset} is {kind}")
+    return records
