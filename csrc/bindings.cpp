@@ -40,7 +40,7 @@ const T* contiguous_data(const py::array& a, const char* name) {
   return static_cast<const T*>(a.data());
 }
 
-void covariance(py::array acc, py::array keys, bool bfloat16, py::object mask) {
+void covariance(py::array acc, py::array keys, bool bfloat16, py::object mask, bool mixed) {
   require(keys.ndim() == 2, "keys must be 2-D (n, d)");
   const int64_t n = keys.shape(0), d = keys.shape(1);
   double* acc_data = writable_data<double>(acc, "acc");
@@ -72,7 +72,8 @@ void covariance(py::array acc, py::array keys, bool bfloat16, py::object mask) {
     mask_stride = mask_array.strides(0);
   }
   py::gil_scoped_release release;
-  ce::covariance_accumulate(acc_data, packed, view, mask_data, mask_stride);
+  ce::covariance_accumulate(acc_data, packed, view, mask_data, mask_stride,
+                            mixed ? ce::Precision::Mixed : ce::Precision::Float64);
 }
 
 ce::SymOperand sym_operand(const py::object& obj, int64_t d, const char* name) {
@@ -153,7 +154,8 @@ PYBIND11_MODULE(_kernels, m) {
   // The kernels parallelise coarsely themselves; OpenBLAS's own threads would oversubscribe.
   scipy_openblas_set_num_threads64_(1);
   m.doc() = "CPU kernels of collabedit_secure (see collabedit_secure.kernels for the public API)";
-  m.def("covariance_accumulate", &covariance, py::arg("acc"), py::arg("keys"), py::arg("bfloat16"), py::arg("mask"));
+  m.def("covariance_accumulate", &covariance, py::arg("acc"), py::arg("keys"), py::arg("bfloat16"), py::arg("mask"),
+        py::arg("mixed") = false);
   m.def("regularized_solve", &solve, py::arg("c0"), py::arg("lam"), py::arg("c_acc"), py::arg("s_kk"), py::arg("x"));
   m.def("prg_mask", &prg, py::arg("seed"), py::arg("out"));
   m.def("mask_encode", &encode, py::arg("values"), py::arg("scale_bits"), py::arg("bound"), py::arg("seeds"),

@@ -14,10 +14,14 @@ struct KeyView {
   int64_t n, d, row_stride, col_stride;
 };
 
+// Float64: exact products, float64 sums (DSYRK on widened keys). Mixed: float32 SSYRK over row
+// blocks of at most 1024 keys, blocks summed in float64 (float64 keys always use Float64).
+enum class Precision { Float64, Mixed };
+
 // acc += keysᵀ keys over rows with mask[i*mask_stride] != 0 (mask may be null). acc is d x d
 // row-major (upper triangle computed, then mirrored) or the packed row-major upper triangle.
 void covariance_accumulate(double* acc, bool packed, const KeyView& keys, const uint8_t* mask,
-                           int64_t mask_stride);
+                           int64_t mask_stride, Precision precision = Precision::Float64);
 
 // A matrix operand of the solve: contiguous float32 or float64, full d x d or packed upper.
 struct SymOperand {

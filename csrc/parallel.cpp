@@ -1,6 +1,7 @@
 #include "parallel.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <exception>
@@ -44,6 +45,28 @@ void parallel_ranges(int64_t n, int64_t align, int64_t min_per_thread,
   }
   try { body(0, std::min(n, step)); } catch (...) { errors[0] = std::current_exception(); }
   for (auto& w : workers) w.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+void parallel_tasks(int64_t n_tasks, const std::function<void(int64_t, int)>& body) {
+  if (n_tasks <= 0) return;
+  const int workers = static_cast<int>(std::min<int64_t>(num_threads(), n_tasks));
+  std::atomic<int64_t> next{0};
+  std::atomic<bool> failed{false};
+  std::vector<std::exception_ptr> errors(workers);
+  auto work = [&](int w) {
+    try {
+      for (int64_t t = next.fetch_add(1); t < n_tasks && !failed.load(); t = next.fetch_add(1)) body(t, w);
+    } catch (...) {
+      errors[w] = std::current_exception();
+      failed = true;
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int w = 1; w < workers; ++w) threads.emplace_back(work, w);
+  work(0);
+  for (auto& t : threads) t.join();
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);
 }

@@ -15,6 +15,11 @@ void set_num_threads(int n);
 void parallel_ranges(int64_t n, int64_t align, int64_t min_per_thread,
                      const std::function<void(int64_t, int64_t)>& body);
 
+// Calls body(task, worker) for every task in [0, n_tasks), handed out one at a time to at most
+// num_threads() workers (worker in [0, workers)). Dynamic hand-out keeps all cores busy when one
+// thread is descheduled by other processes sharing the machine; a static split would wait for it.
+void parallel_tasks(int64_t n_tasks, const std::function<void(int64_t, int)>& body);
+
 // Boundaries b_0 = 0 < ... < b_parts = d splitting a triangle whose row (or column) i holds d - i
 // entries into `parts` ranges of equal area.
 std::vector<int64_t> equal_area_split(int64_t d, int64_t parts);

@@ -95,3 +95,74 @@ def test_large_batch_spans_several_chunks(rng):
 def test_bad_arguments(backend, acc, keys, mask, error, message):
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
         kernels.covariance_accumulate(acc, keys, mask)
+
+
+# ---------------------------------------------------------------------------------- mixed precision
+#
+# precision="mixed" multiplies float32 keys in float32 over blocks of at most B = 1024 rows and adds
+# each block into the float64 acc. Rounding analysis (Higham, dot products with unit roundoff
+# u = 2^-24): each block entry is off by at most γ_B·Σ_r |k_ri k_rj| (B products and additions,
+# γ_m = m·u / (1 - m·u)), plus one float32 rounding of the block result (≤ u·that sum) — together
+# γ_(B+1)·Σ_r |k_ri k_rj| over the block's rows. Summed over blocks this is γ_(B+1)·(|K|ᵀ|K|)_ij;
+# the float64 additions contribute ~2^-53 per block and are covered by the small atol. A block
+# longer than B rows, a dropped or doubled block, or a wrong row/column breaks this bound.
+
+
+def mixed_bound(keys64: np.ndarray) -> np.ndarray:
+    u = 2.0**-24
+    m = kernels.api.MIXED_BLOCK_ROWS + 1
+    gamma = m * u / (1 - m * u)
+    return gamma * (np.abs(keys64).T @ np.abs(keys64))
+
+
+def test_mixed_precision_error_bound_over_several_blocks(rng):
+    # 2500 kept rows: two full 1024-row blocks and a partial one, masked so rows are compacted.
+    # Keys with a common offset make the sums large and their float32 rounding visible.
+    n, d = 3000, 300
+    keys = (1.0 + 0.5 * rng.standard_normal((n, d))).astype(np.float32)
+    mask = np.ones(n, bool)
+    mask[rng.choice(n, 500, replace=False)] = False
+    start = rng.standard_normal((d, d))
+    start = start + start.T
+    acc = start.copy()
+    kernels.covariance_accumulate(acc, keys, mask, precision="mixed")
+    kept = keys[mask].astype(np.float64)
+    exact = kept.T @ kept
+    err = np.abs(acc - (start + exact))
+    assert np.all(err <= mixed_bound(kept) + 1e-12 * np.abs(start + exact))
+    # Typical error is ~√B·u relative, far inside the worst-case bound; float32 over all 2500
+    # rows in one run would still pass the bound, so also check the result is symmetric and close.
+    np.testing.assert_array_equal(acc, acc.T)
+    assert np.linalg.norm(acc - start - exact) / np.linalg.norm(exact) < 2e-6
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "bfloat16"])
+def test_mixed_precision_layouts(backend, rng, packed, layout):
+    n, d = 1100, 257
+    base = rng.standard_normal((n, 2 * d)).astype(np.float32)
+    if layout == "contiguous":
+        keys = base[:, :d].copy()
+    elif layout == "strided":
+        keys = base[:, ::2]
+    else:
+        keys = torch.from_numpy(base[:, :d].copy()).to(torch.bfloat16)
+    keys64 = keys.to(torch.float64).numpy() if isinstance(keys, torch.Tensor) else keys.astype(np.float64)
+    acc = np.zeros(d * (d + 1) // 2) if packed else np.zeros((d, d))
+    kernels.covariance_accumulate(acc, keys, precision="mixed")
+    got = kernels.unpack_upper(torch.from_numpy(acc), d).numpy() if packed else acc
+    exact = keys64.T @ keys64
+    assert np.all(np.abs(got - exact) <= mixed_bound(keys64))
+    assert np.linalg.norm(got - exact) / np.linalg.norm(exact) < 2e-6
+
+
+def test_mixed_precision_float64_keys_stay_exact(backend, rng):
+    keys = rng.standard_normal((70, 40))
+    acc = np.zeros((40, 40))
+    kernels.covariance_accumulate(acc, keys, precision="mixed")
+    np.testing.assert_allclose(acc, keys.T @ keys, rtol=1e-13, atol=1e-12)
+
+
+def test_unknown_precision_is_refused(backend):
+    with pytest.raises(ValueError, match="precision must be one of 'float64', 'mixed', got 'half'"):
+        kernels.covariance_accumulate(np.zeros((2, 2)), np.zeros((3, 2)), precision="half")
