@@ -1,0 +1,105 @@
+"""End to end on a tiny world: build, load with the HF Auto classes, cache reuse, corruption recovery."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from collabedit_secure.world import build_world, load_default, tiny_config, verify_bundle
+
+TINY = tiny_config()
+
+
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("world-cache")
+
+
+@pytest.fixture(scope="module")
+def tiny(cache_root):
+    return load_default(cache_dir=cache_root, progress=False, config=TINY)
+
+
+def test_tiny_build_loads_with_auto_classes(tiny):
+    assert tiny.built_now
+    model = AutoModelForCausalLM.from_pretrained(tiny.model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny.model_dir)
+    assert isinstance(model, GPT2LMHeadModel) and isinstance(tok, PreTrainedTokenizerFast)
+    assert tok.eos_token == tok.pad_token == "<|endoftext|>"
+    assert model.config.n_layer == TINY.n_layer and model.config.n_embd == TINY.n_embd
+    assert model.transformer.wte.weight.data_ptr() == model.lm_head.weight.data_ptr()  # tied
+
+
+def test_bundle_contents(tiny):
+    assert tiny.records == json.loads((tiny.root / "records.json").read_text())
+    texts = tiny.corpus_texts()
+    assert texts and texts == tiny.corpus_texts()
+    for key in ("rewrite", "paraphrase", "neighborhood", "build_s"):
+        assert key in tiny.knowledge
+    model, tok = tiny.load_model()
+    assert not model.training and next(model.parameters()).dtype == torch.float32
+
+
+def test_training_actually_learned_the_corpus(tiny):
+    """Loss on world text must be well below an untrained model's (about log vocab)."""
+    model, tok = tiny.load_model()
+    ids = tok(tiny.corpus_texts()[0], return_tensors="pt")["input_ids"]
+    loss = model(input_ids=ids, labels=ids).loss.item()
+    assert loss < torch.log(torch.tensor(float(len(tok)))).item() - 1.0
+    history = tiny.knowledge["history"]
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_cache_reuse_does_not_rebuild(tiny, cache_root):
+    again = load_default(cache_dir=cache_root, progress=False, config=TINY)
+    assert not again.built_now and again.root == tiny.root and again.records == tiny.records
+
+
+def test_corrupt_weights_are_detected_and_rebuilt(tiny, cache_root):
+    weights = tiny.model_dir / "model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-64] + bytes(64))
+    assert "sha256" in verify_bundle(tiny.root, TINY)
+    with pytest.warns(RuntimeWarning, match="invalid"):
+        rebuilt = load_default(cache_dir=cache_root, progress=False, config=TINY)
+    assert rebuilt.built_now and verify_bundle(rebuilt.root, TINY) is None
+    assert weights.read_bytes() == original  # deterministic training: the same weights again
+
+
+def test_missing_manifest_is_detected_and_rebuilt(tiny, cache_root):
+    (tiny.root / "manifest.json").unlink()
+    assert "manifest.json missing" in verify_bundle(tiny.root, TINY)
+    with pytest.warns(RuntimeWarning, match="manifest"):
+        rebuilt = load_default(cache_dir=cache_root, progress=False, config=TINY)
+    assert rebuilt.built_now and verify_bundle(rebuilt.root, TINY) is None
+
+
+def test_config_change_uses_another_cache_entry(tiny, cache_root):
+    other = tiny_config(seed=5)
+    assert other.cache_key() != TINY.cache_key()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bundle = load_default(cache_dir=cache_root, progress=False, config=other)
+    assert bundle.built_now and bundle.root != tiny.root
+
+
+def test_build_world_refuses_existing_dir(tmp_path):
+    (tmp_path / "w").mkdir()
+    with pytest.raises(FileExistsError):
+        build_world(tmp_path / "w", TINY, progress=False)
+
+
+def test_tokenizer_conventions(tiny):
+    _, tok = tiny.load_model()
+    rec = tiny.records[0]
+    obj = rec["requested_rewrite"]["target_true"]["str"]
+    prompt = rec["requested_rewrite"]["prompt"].format(rec["requested_rewrite"]["subject"])
+    assert tok("x")["input_ids"] == tok.convert_tokens_to_ids(["x"])  # no BOS
+    assert tok.bos_token_id not in tok(prompt)["input_ids"]
+    # " " + object tokenises the same alone as after its prompt
+    assert tok(prompt + " " + obj)["input_ids"] == tok(prompt)["input_ids"] + tok(" " + obj)["input_ids"]
+    assert tok.decode(tok(" " + obj)["input_ids"]) == " " + obj
