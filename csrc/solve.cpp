@@ -1,8 +1,15 @@
 // Regularised solve ΔW = S_RK (λC0 + C_acc + S_KK)⁻¹ by Cholesky. The system is assembled
 // straight into one d x d buffer (upper triangle only, read from full or packed operands),
-// factored with LAPACK dpotrf and solved for all d_out right-hand sides with two TRSMs.
+// factored by Cholesky and solved for all d_out right-hand sides with two TRSMs, threaded either
+// inside OpenBLAS or by the kernel itself (see use_blas_threading).
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "blas.h"
@@ -109,6 +116,58 @@ int64_t cholesky_lower(double* a, int64_t d) {
   return 0;
 }
 
+// OpenBLAS runs `threads` threads inside the calls of this scope, then one again (the other
+// kernels parallelise coarsely themselves and call one-thread BLAS from their own threads).
+class BlasThreads {
+ public:
+  explicit BlasThreads(int threads) { scipy_openblas_set_num_threads64_(threads); }
+  ~BlasThreads() { scipy_openblas_set_num_threads64_(1); }
+  BlasThreads(const BlasThreads&) = delete;
+  BlasThreads& operator=(const BlasThreads&) = delete;
+};
+
+// Idle cores over a short window, from /proc/stat (-1 when it cannot be read).
+double idle_cores(int window_ms) {
+  auto sample = [](double& idle, double& total) {
+    std::ifstream stat("/proc/stat");
+    std::string cpu;
+    if (!(stat >> cpu) || cpu != "cpu") return false;
+    double field, sum = 0, idle_sum = 0;
+    for (int i = 0; i < 8 && (stat >> field); ++i) {
+      sum += field;
+      if (i == 3 || i == 4) idle_sum += field;  // idle, iowait
+    }
+    idle = idle_sum;
+    total = sum;
+    return sum > 0;
+  };
+  double idle0, total0, idle1, total1;
+  if (!sample(idle0, total0)) return -1.0;
+  std::this_thread::sleep_for(std::chrono::milliseconds(window_ms));
+  if (!sample(idle1, total1) || total1 <= total0) return -1.0;
+  return (idle1 - idle0) / (total1 - total0) * double(std::thread::hardware_concurrency());
+}
+
+// Which threading the factorisation and triangular solves use (COLLABEDIT_SOLVE_THREADING):
+// - "blas": OpenBLAS's own threads inside LAPACK dpotrf and the TRSMs: fastest on free cores, but
+//   its fine-grained barriers spin and stall for whole time slices when other processes hold
+//   the cores (measured 1.5-4x slower than "split" on a loaded 2-core machine);
+// - "split": one-thread BLAS calls on work split across the kernel's threads (blocked Cholesky,
+//   right-hand sides handed out in slabs): coarse synchronisation, robust under load;
+// - "auto" (default): "blas" when the cores the kernel would use are idle right now (a 20 ms
+//   look at /proc/stat), "split" otherwise and for small systems, which "split" handles well.
+bool use_blas_threading(int64_t d) {
+  const char* env = std::getenv("COLLABEDIT_SOLVE_THREADING");
+  const std::string mode = env && *env ? env : "auto";
+  if (mode != "auto" && mode != "blas" && mode != "split")
+    throw std::invalid_argument("COLLABEDIT_SOLVE_THREADING must be auto, blas or split, not " + mode);
+  if (mode == "blas") return true;
+  if (mode == "split" || num_threads() == 1) return false;
+  if (d < 2048) return false;
+  const double idle = idle_cores(20);
+  return idle < 0 || idle >= num_threads() - 0.5;
+}
+
 }  // namespace
 
 int64_t regularized_solve(const SymOperand& c0, double lam, const SymOperand& c_acc,
@@ -117,16 +176,29 @@ int64_t regularized_solve(const SymOperand& c0, double lam, const SymOperand& c_
   if (d == 0) return kSolveOk;
   if (!assemble(c0, lam, c_acc, s_kk, d, system)) return kNonFiniteInput;
   // Row-major upper == column-major lower: factor A = L Lᵀ in LAPACK's column-major terms.
+  if (use_blas_threading(d)) {
+    BlasThreads threads(num_threads());
+    const int64_t info = scipy_LAPACKE_dpotrf_work64_(blas::ColMajor, 'L', d, system, d);
+    if (info != 0) return info > 0 ? info : kNonFiniteInput;
+    if (d_out == 0) return kSolveOk;
+    scipy_cblas_dtrsm64_(blas::ColMajor, blas::Left, blas::Lower, blas::NoTrans, blas::NonUnit, d, d_out, 1.0,
+                         system, d, x, d);
+    scipy_cblas_dtrsm64_(blas::ColMajor, blas::Left, blas::Lower, blas::Transposed, blas::NonUnit, d, d_out, 1.0,
+                         system, d, x, d);
+    return all_finite(x, d * d_out) ? kSolveOk : kNonFiniteOutput;
+  }
   const int64_t info = cholesky_lower(system, d);
   if (info != 0) return info > 0 ? info : kNonFiniteInput;
   if (d_out == 0) return kSolveOk;
   // x (d_out x d row-major) is Xᵀ column-major; ΔW A = S_RK  <=>  A Xᵀ = S_RKᵀ.
-  // Right-hand sides are independent: each thread solves its own slab with one-thread BLAS.
-  parallel_ranges(d_out, 8, 8, [&](int64_t b, int64_t e) {
+  // Right-hand sides are independent: threads take slabs of them in turn, one-thread BLAS each.
+  const int64_t slab = std::max<int64_t>(64, std::min<int64_t>(256, (d_out + 4 * num_threads() - 1) / (4 * num_threads())));
+  parallel_tasks((d_out + slab - 1) / slab, [&](int64_t t, int) {
+    const int64_t b = t * slab, cols = std::min(slab, d_out - b);
     scipy_cblas_dtrsm64_(blas::ColMajor, blas::Left, blas::Lower, blas::NoTrans, blas::NonUnit, d,
-                         e - b, 1.0, system, d, x + b * d, d);
+                         cols, 1.0, system, d, x + b * d, d);
     scipy_cblas_dtrsm64_(blas::ColMajor, blas::Left, blas::Lower, blas::Transposed, blas::NonUnit,
-                         d, e - b, 1.0, system, d, x + b * d, d);
+                         d, cols, 1.0, system, d, x + b * d, d);
   });
   return all_finite(x, d * d_out) ? kSolveOk : kNonFiniteOutput;
 }

@@ -96,3 +96,31 @@ def test_failure_in_a_later_block_reports_its_minor(backend, rng):
     s_kk[d - 3, d - 3] = -2.0
     with pytest.raises(kernels.NotPositiveDefiniteError, match=rf"layer blk is not positive definite \(leading minor {d - 2} of {d}\)"):
         kernels.regularized_solve(c0, 1.0, s_kk, np.ones((2, d)), layer="blk")
+
+
+@pytest.mark.parametrize("mode", ["blas", "split", "auto"])
+def test_threading_modes_agree(monkeypatch, rng, mode):
+    """Both ways of threading the factorisation (OpenBLAS threads / own threads) and the automatic
+    choice: same residual bound, same error for an indefinite system. d >= 2048 so that "auto"
+    really looks at the machine instead of taking the small-system path."""
+    monkeypatch.setenv("COLLABEDIT_SOLVE_THREADING", mode)
+    d, d_out = 2100, 300
+    a = rng.standard_normal((d, 64))
+    c0 = np.eye(d) + a @ a.T / 64
+    s_kk = spd(rng, 200, 0.0)
+    s_full = np.zeros((d, d))
+    s_full[:200, :200] = s_kk
+    s_rk = rng.standard_normal((d_out, d))
+    with kernels.use_backend("cpu"):
+        delta = kernels.regularized_solve(c0, 0.5, s_full, s_rk, layer="h.0")
+        assert relative_residual(0.5 * c0 + s_full, delta, s_rk) <= 1e-12
+        bad = np.zeros((d, d))
+        bad[d - 5, d - 5] = -1e6
+        with pytest.raises(kernels.NotPositiveDefiniteError, match=rf"leading minor {d - 4} of {d}"):
+            kernels.regularized_solve(c0, 0.5, bad, s_rk[:3], layer="h.0")
+
+
+def test_unknown_threading_mode_is_an_error(monkeypatch, rng):
+    monkeypatch.setenv("COLLABEDIT_SOLVE_THREADING", "openmp")
+    with kernels.use_backend("cpu"), pytest.raises(ValueError, match="auto, blas or split, not openmp"):
+        kernels.regularized_solve(spd(rng, 2048), 1.0, np.zeros((2048, 2048)), np.ones((1, 2048)))
