@@ -126,7 +126,8 @@ def _build_into(tmp: Path, config: WorldConfig, progress: bool) -> None:
     start = time.time()
     world = generate_world(config)
     tok = train_tokenizer(world.corpus, config.vocab_size)
-    model, report = train_model(config, tok, world.corpus, world.records, progress=progress)
+    objects = [o for _, _, o in world.facts]
+    model, report = train_model(config, tok, world.corpus, world.records, objects, progress=progress)
     model_dir = tmp / "model"
     model.save_pretrained(str(model_dir))
     save_tokenizer(tok, model_dir, config.n_positions)
@@ -193,6 +194,8 @@ def load_default(cache_dir=None, progress: bool = True, config: WorldConfig | No
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_root()
     final = root / f"world-{config.cache_key()}"
     with _locked(root / f"world-{config.cache_key()}.lock"):
+        for stale in root.glob(f".{final.name}.building-*"):  # left by a killed builder; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
         reason = verify_bundle(final, config)
         if reason is None:
             bundle = open_bundle(final, config)

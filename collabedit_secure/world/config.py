@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 
 # Bump when generator/tokenizer/training code changes what a given config produces.
-BUILD_VERSION = "world-v1"
+BUILD_VERSION = "world-v2"
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,9 @@ class WorldConfig:
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
     max_epochs: int = 30
-    schedule_epochs: int = 10  # cosine decay horizon; training may stop earlier (knowledge check)
+    schedule_epochs: int = 20  # cosine decay horizon; training may stop earlier (knowledge check)
     weight_decay: float = 0.0
+    object_weight: float = 5.0  # loss weight of the object tokens of fact sentences
     threads: int = 2  # speed only, not part of the cache key; use 1 on a crowded machine
     # knowledge check
     check_sample: int = 200  # records scored after each epoch

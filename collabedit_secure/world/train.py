@@ -12,6 +12,7 @@ import random
 import time
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -28,18 +29,49 @@ def make_model(config: WorldConfig, vocab_size: int, eos_id: int) -> GPT2LMHeadM
     return GPT2LMHeadModel(gpt2)
 
 
-def pack_epoch(token_lists: list[list[int]], eos_id: int, block: int, rng: random.Random) -> torch.Tensor:
+def pack_epoch(token_lists: list[list[int]], weight_lists: list[list[float]], eos_id: int, block: int,
+               rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
     """Shuffle texts, join as text EOS text EOS ..., cut into (n_blocks, block) rows (tail dropped)."""
     order = list(range(len(token_lists)))
     rng.shuffle(order)
     stream: list[int] = []
+    weights: list[float] = []
     for i in order:
-        stream += token_lists[i]
-        stream.append(eos_id)
+        stream += token_lists[i] + [eos_id]
+        weights += weight_lists[i] + [1.0]
     n_blocks = len(stream) // block
     if n_blocks == 0:
         raise ValueError(f"corpus has {len(stream)} tokens, fewer than one block of {block}")
-    return torch.tensor(stream[: n_blocks * block]).view(n_blocks, block)
+    cut = n_blocks * block
+    return torch.tensor(stream[:cut]).view(n_blocks, block), torch.tensor(weights[:cut]).view(n_blocks, block)
+
+
+def object_weights(tok, texts: list[str], objects: list[str], weight: float) -> tuple[list, list]:
+    """Token ids per text, and a loss weight per token: `weight` on the object that ends a fact sentence.
+
+    Facts are what the model must memorise; templates and filler are learned in a few steps anyway,
+    so up-weighting the object tokens spends the gradient where the knowledge is.
+    """
+    by_length = sorted(set(objects), key=len, reverse=True)
+    enc = tok(texts, return_offsets_mapping=True)
+    weight_lists = []
+    for text, offsets in zip(texts, enc["offset_mapping"]):
+        spans, pos = [], 0
+        for sentence in text.split(". "):
+            end = pos + len(sentence.rstrip("."))
+            obj = next((o for o in by_length if text[:end].endswith(" " + o)), None)
+            if obj is not None:
+                spans.append((end - len(obj) - 1, end))
+            pos += len(sentence) + 2
+        weight_lists.append([weight if any(a <= start < b for a, b in spans) else 1.0 for start, _ in offsets])
+    return enc["input_ids"], weight_lists
+
+
+def weighted_lm_loss(logits: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy, position t predicting ids[t+1], averaged with per-token weights."""
+    ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+    w = weights[:, 1:].reshape(-1)
+    return (ce * w).sum() / w.sum()
 
 
 def lr_at(step: int, total: int, config: WorldConfig) -> float:
@@ -79,15 +111,16 @@ def passes(scores: dict[str, float], bar: float) -> bool:
     return all(scores[k] >= bar for k in ("rewrite", "paraphrase", "neighborhood"))
 
 
-def train_model(config: WorldConfig, tok, corpus: list[str], records: list[dict], progress: bool = True):
+def train_model(config: WorldConfig, tok, corpus: list[str], records: list[dict], objects: list[str],
+                progress: bool = True):
     """Returns (model in eval mode, knowledge report). Raises if required knowledge is never reached."""
     torch.manual_seed(config.train_seed)
     torch.set_num_threads(config.threads)
     rng = random.Random(config.train_seed)
     eos = tok.eos_token_id
     model = make_model(config, len(tok), eos)
-    token_lists = tok(corpus)["input_ids"]
-    blocks_per_epoch = pack_epoch(token_lists, eos, config.n_positions, random.Random(0)).shape[0]
+    token_lists, weight_lists = object_weights(tok, corpus, objects, config.object_weight)
+    blocks_per_epoch = len(pack_epoch(token_lists, weight_lists, eos, config.n_positions, random.Random(0))[0])
     steps_per_epoch = math.ceil(blocks_per_epoch / config.batch_size)
     horizon = steps_per_epoch * config.schedule_epochs
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98),
@@ -97,7 +130,7 @@ def train_model(config: WorldConfig, tok, corpus: list[str], records: list[dict]
     history, step, start = [], 0, time.time()
     scores, final = {}, None
     for epoch in range(config.max_epochs):
-        data = pack_epoch(token_lists, eos, config.n_positions, rng)
+        data, weights = pack_epoch(token_lists, weight_lists, eos, config.n_positions, rng)
         model.train()
         bar = tqdm(range(0, len(data), config.batch_size), desc=f"epoch {epoch + 1}", disable=not progress,
                    leave=False)
@@ -106,7 +139,7 @@ def train_model(config: WorldConfig, tok, corpus: list[str], records: list[dict]
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, horizon, config)
             batch = data[i : i + config.batch_size]
-            loss = model(input_ids=batch, labels=batch).loss
+            loss = weighted_lm_loss(model(input_ids=batch).logits, batch, weights[i : i + config.batch_size])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -103,3 +103,10 @@ def test_tokenizer_conventions(tiny):
     # " " + object tokenises the same alone as after its prompt
     assert tok(prompt + " " + obj)["input_ids"] == tok(prompt)["input_ids"] + tok(" " + obj)["input_ids"]
     assert tok.decode(tok(" " + obj)["input_ids"]) == " " + obj
+
+
+def test_killed_builder_leftovers_are_removed(tiny, cache_root):
+    stale = cache_root / f".{tiny.root.name}.building-dead"
+    (stale / "model").mkdir(parents=True)
+    again = load_default(cache_dir=cache_root, progress=False, config=TINY)
+    assert not stale.exists() and not again.built_now

@@ -23,11 +23,13 @@ def test_default_model_knows_its_facts(default_world):
 
 @pytest.mark.slow
 def test_default_model_generates_world_text(default_world):
-    """Greedy continuation of a generation prompt is a sentence of the world: one of the relation's objects."""
+    """Greedy continuations of generation prompts state the true object and end the sentence."""
     model, tok = default_world.load_model()
-    rec = default_world.records[1]
-    prompt = rec["generation_prompts"][0]
-    ids = tok(prompt, return_tensors="pt")["input_ids"]
-    out = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.eos_token_id)
-    text = tok.decode(out[0][ids.shape[1] :])
-    assert text.startswith(" " + rec["requested_rewrite"]["target_true"]["str"]), text
+    records = default_world.records[:20]
+    right = 0
+    for rec in records:
+        ids = tok(rec["generation_prompts"][0], return_tensors="pt")["input_ids"]
+        out = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.eos_token_id)
+        text = tok.decode(out[0][ids.shape[1] :])
+        right += text.startswith(" " + rec["requested_rewrite"]["target_true"]["str"] + ".")
+    assert right >= 0.8 * len(records)
