@@ -112,6 +112,13 @@ void prg(py::bytes seed, py::array out) {
   ce::prg_mask(reinterpret_cast<const uint8_t*>(s.data()), n, o);
 }
 
+void bound(py::bytes seeds, int64_t n) {
+  std::string sd = seeds;
+  require(sd.size() % 32 == 0 && n >= 0, "seeds must be 32-byte seeds, n >= 0");
+  py::gil_scoped_release release;
+  ce::keystream_bound(reinterpret_cast<const uint8_t*>(sd.data()), static_cast<int>(sd.size() / 32), n);
+}
+
 int64_t encode(py::array values, int scale_bits, int64_t bound, py::bytes seeds, py::array signs, py::array out) {
   const double* v = contiguous_data<double>(values, "values");
   uint64_t* o = writable_data<uint64_t>(out, "out");
@@ -158,6 +165,7 @@ PYBIND11_MODULE(_kernels, m) {
         py::arg("mixed") = false);
   m.def("regularized_solve", &solve, py::arg("c0"), py::arg("lam"), py::arg("c_acc"), py::arg("s_kk"), py::arg("x"));
   m.def("prg_mask", &prg, py::arg("seed"), py::arg("out"));
+  m.def("keystream_bound", &bound, py::arg("seeds"), py::arg("n"));
   m.def("mask_encode", &encode, py::arg("values"), py::arg("scale_bits"), py::arg("bound"), py::arg("seeds"),
         py::arg("signs"), py::arg("out"));
   m.def("ring_add", &ring_op<ce::ring_add>, py::arg("a"), py::arg("b"), py::arg("out"));

@@ -43,6 +43,11 @@ int64_t regularized_solve(const SymOperand& c0, double lam, const SymOperand& c_
 // Keystream words of the protocol PRG (see collabedit_secure/kernels/__init__.py).
 void prg_mask(const uint8_t* seed32, int64_t n, uint64_t* out);
 
+// Produces n words of each of the n_seeds keystreams with the same AES-CTR calls, chunking and
+// threads as mask_encode, into a chunk-sized buffer that is discarded: the time mask_encode
+// cannot beat (its AES work alone), measured by the benchmark in the same run.
+void keystream_bound(const uint8_t* seeds, int n_seeds, int64_t n);
+
 // out[i] = encode(values[i]) + Σ_s sign_s · PRG(seed_s)[i] (mod 2^64). Returns the first index
 // whose value is not finite or encodes outside [-bound, bound], or -1 when all are valid.
 int64_t mask_encode(const double* values, int64_t n, int scale_bits, int64_t bound,

@@ -153,3 +153,24 @@ def test_ring_wraps(backend):
     top = np.array([2**64 - 1, 5], np.uint64)
     np.testing.assert_array_equal(kernels.ring_add(top, np.array([2, 1], np.uint64)), [1, 6])
     np.testing.assert_array_equal(kernels.ring_sub(np.array([0, 5], np.uint64), np.array([1, 7], np.uint64)), [2**64 - 1, 2**64 - 2])
+
+
+def test_encode_fast_and_exact_paths_agree_with_reference(backend, rng):
+    """The compiled encode rounds with a vectorised 1.5·2^52 trick for |v·2^s| < 2^51 and falls back
+    to an exact path per chunk otherwise: ties, -0.0, values on both sides of 2^51 and an output
+    that is not 32-byte aligned must all give the reference words, and nothing outside `out`."""
+    scale_bits = 8
+    n = 5000
+    values = rng.standard_normal(n) * 1e3
+    values[:64] = (np.arange(64) - 32 + 0.5) / 2**scale_bits  # exact ties, both signs
+    values[64] = -0.0
+    values[100:110] = np.array([1, -1, 2, -2, 3, -3, 1.5, -1.5, 0.75, -0.75]) * 2.0**51 / 2**scale_bits
+    values[3000:3004] = np.nextafter(2.0**51, 0) / 2**scale_bits  # just below the fast-path limit
+    values[4001] = 2.0**53 / 2**scale_bits
+    seeds = [rng.bytes(32) for _ in range(3)]
+    want = reference.mask_encode(values, scale_bits, seeds[0], seeds[1:], [1, -1])
+    backing = np.zeros(n + 2, np.uint64)
+    out = backing[1 : n + 1]  # 8-byte but not 32-byte aligned when backing is
+    kernels.mask_encode(values, scale_bits, seeds[0], seeds[1:], [1, -1], out=out)
+    np.testing.assert_array_equal(out, want)
+    assert backing[0] == 0 and backing[-1] == 0
