@@ -19,7 +19,11 @@ def target_nll(model, tok, prefixes: list[str], targets: list[str], batch_size: 
     for start in range(0, len(prefixes), batch_size):
         chunk = range(start, min(start + batch_size, len(prefixes)))
         prefix_ids = [tok(prefixes[i])["input_ids"] for i in chunk]
-        target_ids = [tok(" " + targets[i].strip())["input_ids"] for i in chunk]
+        # The target continues the prefix: no BOS in front of it (Llama-style tokenizers add one).
+        target_ids = [tok(" " + targets[i].strip(), add_special_tokens=False)["input_ids"] for i in chunk]
+        for i, p in zip(chunk, prefix_ids):
+            if not p:
+                raise ValueError(f"prefix {prefixes[i]!r} tokenises to nothing; there is no position to score from")
         seqs = [p + t for p, t in zip(prefix_ids, target_ids)]
         width = max(len(s) for s in seqs)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
