@@ -110,3 +110,19 @@ def test_killed_builder_leftovers_are_removed(tiny, cache_root):
     (stale / "model").mkdir(parents=True)
     again = load_default(cache_dir=cache_root, progress=False, config=TINY)
     assert not stale.exists() and not again.built_now
+
+
+def test_two_processes_building_at_once_share_one_build(tmp_path):
+    """Two real processes race for the same cache entry: one builds, the other waits and reuses it."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from collabedit_secure.world import load_default, tiny_config, verify_bundle; "
+              "b = load_default(cache_dir=sys.argv[1], progress=False, config=tiny_config(seed=11)); "
+              "assert verify_bundle(b.root, b.config) is None; print(int(b.built_now), b.root)")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(int(o[0]) for o in outputs) == [0, 1]
+    assert outputs[0][1] == outputs[1][1]
