@@ -66,8 +66,9 @@ class SimulationConfig:
 
 
 def split_cases(records: list[dict], config: SimulationConfig) -> list[list[list[dict]]]:
-    """rounds x parties x edits, drawn without replacement by a seeded shuffle (one edit per subject
-    and relation, so no two requests in the experiment contradict each other)."""
+    """rounds x parties x edits, drawn without replacement by a seeded shuffle, at most one edit per
+    subject: two edits of one subject whose prompts put it first share a key vector, so they would ask
+    the same key for two different values (an ill-posed least-squares problem, not an editing test)."""
     needed = config.parties * config.edits_per_party * config.rounds
     rng = random.Random(config.seed)
     pool = list(records)
@@ -75,14 +76,13 @@ def split_cases(records: list[dict], config: SimulationConfig) -> list[list[list
     chosen, seen = [], set()
     for record in pool:
         rewrite = record["requested_rewrite"]
-        key = (rewrite["subject"], rewrite.get("relation_id", rewrite["prompt"]))
-        if key not in seen:
-            seen.add(key)
+        if rewrite["subject"] not in seen:
+            seen.add(rewrite["subject"])
             chosen.append(record)
         if len(chosen) == needed:
             break
     if len(chosen) < needed:
-        raise ValueError(f"the dataset has {len(chosen)} non-conflicting records; "
+        raise ValueError(f"the dataset has {len(chosen)} records with distinct subjects; "
                          f"{config.parties} parties x {config.edits_per_party} edits x {config.rounds} "
                          f"rounds need {needed}")
     per_round = config.parties * config.edits_per_party
