@@ -1,0 +1,98 @@
+"""The `collabedit` commands end to end on the embedded default (real model, real C0, real edits)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from collabedit_secure.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_simulate_collabedit_equals_global_and_writes_the_table(default_world, tmp_path, capsys):
+    out = tmp_path / "sim.json"
+    status = main(["simulate", "--parties", "3", "--edits-per-party", "2", "--schedule", "sequential",
+                   "--methods", "collabedit,global,ta,sa,ties", "--no-fluency", "--json", str(out)])
+    assert status == 0
+    report = json.loads(out.read_text())
+    methods = report["methods"]
+    assert set(methods) == {"collabedit", "global", "ta", "sa", "ties"}
+    assert methods["collabedit"]["delta_rel_err_vs_global"] <= 1e-9
+    assert methods["collabedit"]["efficacy"] == pytest.approx(methods["global"]["efficacy"])
+    assert report["n_edits"] == 6 and len(report["context_templates"]) == 2
+    table = capsys.readouterr().out
+    assert "delta_rel_err_vs_global" in table and "ties" in table
+
+
+def test_simulate_rejects_bad_arguments(capsys):
+    assert main(["simulate", "--parties", "0", "--json", "x.json"]) == 2
+    assert "parties must be >= 1" in capsys.readouterr().err
+    assert main(["simulate", "--methods", "collabedit,bogus"]) == 2
+    assert "unknown method" in capsys.readouterr().err
+
+
+def test_edit_writes_loadable_model_delta_and_meta(default_world, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from collabedit_secure.editing.delta import EditDelta
+    from collabedit_secure.eval.nll import target_nll
+
+    records = default_world.records[:3]
+    requests = tmp_path / "requests.json"
+    requests.write_text(json.dumps(records))
+    out = tmp_path / "edited"
+    assert main(["edit", "--model", "default", "--requests", str(requests), "--schedule", "parallel",
+                 "--out", str(out)]) == 0
+    meta = json.loads((out / "edit_meta.json").read_text())
+    assert meta["schedule"] == "parallel"
+    assert meta["request_ids"] == [[str(r["case_id"]) for r in records]]
+    assert meta["context_templates"] and meta["stats_files"]
+    edited = AutoModelForCausalLM.from_pretrained(out)
+    base, tok = default_world.load_model()
+    delta = EditDelta.load(out / "delta")
+    for name, update in delta.weights.items():  # the saved model is the base plus exactly this delta
+        module = edited.get_submodule(name)
+        changed = module.weight - base.get_submodule(name).weight
+        assert float(changed.abs().max()) > 0
+        assert float((changed - update.T.to(changed.dtype)).abs().max()) < 1e-3
+    prompts = [r["requested_rewrite"]["prompt"].format(r["requested_rewrite"]["subject"]) for r in records]
+    new = [r["requested_rewrite"]["target_new"]["str"] for r in records]
+    assert float(target_nll(edited, tok, prompts, new).mean()) < float(target_nll(base, tok, prompts, new).mean())
+
+
+def test_edit_rejects_a_bad_request_file(default_world, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"prompt": "no placeholder here", "subject": "x",
+                                "target_new": {"str": "y"}, "target_true": {"str": "z"}}]))
+    assert main(["edit", "--model", "default", "--requests", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "{}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_stats_exports_memit_layout(default_world, tmp_path):
+    from collabedit_secure.editing.covariance import import_memit_stats
+
+    assert main(["stats", "--model", "default", "--layers", "0", "--samples", "64", "--out", str(tmp_path)]) == 0
+    files = sorted(tmp_path.glob("*.npz"))
+    assert [f.name for f in files] == ["transformer.h.0.mlp.c_proj_float32_mom2_64.npz"]
+    stat = import_memit_stats(files[0])
+    assert stat.count > 64 and stat.mom2.shape[0] == stat.mom2.shape[1]
+
+
+def test_eval_on_real_counterfact_file(default_world, shared_data, tmp_path):
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", "default", "--dataset", str(shared_data / "counterfact/multi_counterfact-30.json"),
+                 "--no-fluency", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["summary"]["n_cases"] == 30 and len(report["cases"]) == 30
+
+
+def test_console_script_runs(default_world):
+    done = subprocess.run([sys.executable, "-m", "collabedit_secure.cli", "world", "build"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert str(default_world.model_dir) in done.stdout
