@@ -20,7 +20,7 @@ def sample_top_k(model, tok, prompt: str, max_tokens: int, generator: torch.Gene
     device = next(model.parameters()).device
     ids = tok(prompt, return_tensors="pt")["input_ids"].to(device)
     while ids.shape[1] < max_tokens:
-        logits = model(input_ids=ids).logits[0, -1].float().cpu()
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].float().cpu()
         top_logits, top_ids = logits.topk(TOP_K)
         choice = torch.multinomial(torch.softmax(top_logits, -1), 1, generator=generator)
         ids = torch.cat([ids, top_ids[choice].view(1, 1).to(device)], dim=1)
