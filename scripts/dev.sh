@@ -13,9 +13,8 @@ bootstrap() {
   fi
   # Reinstall only when the dependency list or the compiled sources changed.
   local stamp="$VENV/.installed" want
-  want=$(cat requirements.txt pyproject.toml setup.py CMakeLists.txt 2>/dev/null; \
-         find csrc proto -type f -print0 2>/dev/null | sort -z | xargs -0 cat 2>/dev/null) 
-  want=$(printf '%s' "$want" | sha256sum | cut -d' ' -f1)
+  want=$( { cat requirements.txt pyproject.toml setup.py CMakeLists.txt
+             find csrc proto -type f 2>/dev/null | sort | xargs -r cat; } 2>/dev/null | sha256sum | cut -d' ' -f1 ) || true
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip
     "$VENV/bin/python" -m pip install -q -r requirements.txt
