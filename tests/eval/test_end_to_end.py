@@ -119,8 +119,10 @@ def test_fluency_generation_is_deterministic_and_batch_independent(tiny_model, t
     # Greedy (top_k=1) sampling exercises left padding: batched equals one by one.
     greedy = generate_texts(tiny_model, tiny_tok, prompts, max_out_len=20, top_k=1)
     assert greedy == [generate_texts(tiny_model, tiny_tok, [p], max_out_len=20, top_k=1)[0] for p in prompts]
-    lengths = [len(tiny_tok(text)["input_ids"]) for text in greedy[:2]]
-    assert all(abs(n - 20) <= 2 for n in lengths)  # re-tokenising the decoded text may merge a token
+    # max_out_len bounds the sample: a longer budget extends the same greedy continuation. (Token
+    # counts of decoded text are not compared: a random model emits partial UTF-8 byte sequences.)
+    longer = generate_texts(tiny_model, tiny_tok, prompts, max_out_len=30, top_k=1)
+    assert all(len(long) > len(short) for long, short in zip(longer, greedy))
 
 
 def test_evaluate_dataset_restores_training_mode_and_rejects_unknown_kind(tiny_model, tiny_tok, counterfact):
