@@ -97,6 +97,24 @@ def test_compiled_masking_equals_reference(rng):
                 np.testing.assert_array_equal(kernels.mask_encode(values, 30, seeds[0], seeds[1:], signs[1:]), want)
 
 
+@pytest.mark.parametrize("n_peers", [0, 1, 3, 4, 7, 9])
+@pytest.mark.parametrize("with_self", [True, False])
+def test_any_number_of_streams_into_unaligned_out(n_peers, with_self, rng):
+    """Any number of keystreams (none at all: plain encoding), any sign mix, and an output buffer
+    that is not 32-byte aligned (the streaming-store path's scalar head) give the reference words."""
+    values = rng.standard_normal(4099) * 10
+    self_seed = rng.bytes(32) if with_self else None
+    peers = [rng.bytes(32) for _ in range(n_peers)]
+    signs = [int(s) for s in rng.choice([-1, 1], size=n_peers)]
+    with kernels.use_backend("reference"):
+        want = kernels.mask_encode(values, 20, self_seed, peers, signs)
+    buffer = np.zeros(values.size + 1, np.uint64)
+    with kernels.use_backend("cpu"):
+        got = kernels.mask_encode(values, 20, self_seed, peers, signs, out=buffer[1:])
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(buffer[1:], want)
+
+
 def test_encode_torch_and_float32_and_out(backend, rng):
     values = torch.from_numpy(rng.standard_normal((4, 5))).float()[:, ::2]  # non-contiguous
     out = torch.empty(12, dtype=torch.uint64)
