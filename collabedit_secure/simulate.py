@@ -106,14 +106,16 @@ class Experiment:
         self.c0, self.c0_sources = covariances(self.loaded, self.hparams)
         self.templates = generate_context_templates(self.model, self.tok, self.hparams.context_template_seed,
                                                     self.hparams.context_template_length_params)
-        adapter = ModelAdapter.from_model(self.model, self.hparams)
-        self._weights = [adapter.weight_out_in(self.model, layer) for layer in self.hparams.layers]
-        self._base = [w.detach().clone() for w in self._weights]
+        self._adapter = ModelAdapter.from_model(self.model, self.hparams)
+        self._base = {layer: self._adapter.weight_out_in(self.model, layer).detach().clone()
+                      for layer in self.hparams.layers}
 
     @torch.no_grad()
     def reset(self) -> None:
-        for weight, base in zip(self._weights, self._base):
-            weight.copy_(base)
+        # Weights are looked up each time: an edit with edit_dtype float64 converts the model and back,
+        # which gives every parameter new storage.
+        for layer, base in self._base.items():
+            self._adapter.weight_out_in(self.model, layer).copy_(base)
 
     def _edit(self, parties, c_acc=None):
         return edit(self.model, self.tok, parties, self.hparams, self.c0, schedule=self.config.schedule,

@@ -51,6 +51,11 @@ class MemitHparams:
     context_template_length_params: list[list[int]] = field(default_factory=lambda: [[10, 5]])
     mom2_batch_size: int = 16
     mom2_max_length: int | None = None  # None: the model's n_positions
+    # Ours: the precision of the editing forward passes (keys, targets). "float64" runs them on a
+    # float64 copy of the weights, so that in the sequential schedule round-off differences between
+    # two aggregation orders (collaborative vs global) cannot flip float32 roundings of the edited
+    # weights and cascade through later layers. Small models only: it doubles memory and time.
+    edit_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         for name in _FLOAT_FIELDS:  # YAML 1.1 reads "5e-1" as a string
@@ -83,6 +88,8 @@ class MemitHparams:
                 raise HparamsError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.mom2_dtype not in ("float16", "bfloat16", "float32", "float64"):
             raise HparamsError(f"mom2_dtype must be a float dtype name, got {self.mom2_dtype!r}")
+        if self.edit_dtype not in ("float32", "float64"):
+            raise HparamsError(f"edit_dtype must be float32 or float64, got {self.edit_dtype!r}")
         for pair in self.context_template_length_params:
             if len(pair) != 2 or pair[0] < 1 or pair[1] < 0 or pair[1] % 5:
                 raise HparamsError(

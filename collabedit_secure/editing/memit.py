@@ -146,6 +146,9 @@ def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0
                                                hparams.context_template_length_params)
     templates = check_templates(templates)
 
+    model_dtype = next(model.parameters()).dtype
+    if hparams.edit_dtype == "float64":
+        model.double()  # exact: every float32 value is a float64, and converts back unchanged
     originals = {layer: adapter.weight_out_in(model, layer).detach().clone() for layer in layers}
     was_training = model.training
     model.eval()
@@ -162,6 +165,7 @@ def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0
         with torch.no_grad():  # never leave the shared model edited
             for layer, weight in originals.items():
                 adapter.weight_out_in(model, layer).copy_(weight)
+        model.to(model_dtype)
         model.train(was_training)
 
     metadata = {

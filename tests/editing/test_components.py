@@ -88,6 +88,8 @@ def test_hparams_validation():
         tiny_hparams(fact_token="last")
     with pytest.raises(HparamsError, match="v_loss_layer 9 out of range.*4 layers"):
         tiny_hparams(v_loss_layer=9).validate_for(4)
+    with pytest.raises(HparamsError, match="edit_dtype must be float32 or float64, got 'float16'"):
+        tiny_hparams(edit_dtype="float16")
 
 
 @pytest.mark.parametrize("prompt,subject,target,problem", [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
@@ -12,7 +13,7 @@ from collabedit_secure.editing.context import generate_context_templates
 from collabedit_secure.editing.keys import compute_keys
 from collabedit_secure.editing.targets import compute_targets
 
-from .conftest import random_c0, tiny_hparams, tiny_requests
+from .conftest import random_c0, tiny_hparams, tiny_model, tiny_requests
 
 TOL = 1e-9
 
@@ -103,6 +104,23 @@ def test_sequential_differs_from_parallel(gpt2_f64, tok):
     first, last = "transformer.h.1.mlp.c_proj", "transformer.h.3.mlp.c_proj"
     assert rel_err(seq[first], par[first]) <= 1e-12  # nothing applied before the first layer
     assert rel_err(seq[last], par[last]) > 1e-3
+
+
+def test_float64_editing_of_a_float32_model(tok):
+    """edit_dtype float64 edits exactly as on a float64 copy, and hands the float32 model back intact."""
+    model = tiny_model("gpt2", tok)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model64 = copy.deepcopy(model).double()
+    hp32, hp64 = tiny_hparams(layers=[1, 2, 3]), tiny_hparams(layers=[1, 2, 3], edit_dtype="float64")
+    _, c0, templates = setup(model64, tok, hp32)
+    requests = [tiny_requests(4)]
+    got = edit(model, tok, requests, hp64, c0, "sequential", templates=templates).delta.weights
+    want = edit(model64, tok, requests, hp32, c0, "sequential", templates=templates).delta.weights
+    for name, update in want.items():
+        assert rel_err(got[name], update) <= 1e-12, name
+    after = model.state_dict()
+    for key, value in before.items():
+        assert after[key].dtype == value.dtype and torch.equal(after[key], value), key
 
 
 @pytest.mark.slow
