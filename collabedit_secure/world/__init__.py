@@ -19,8 +19,8 @@ The default world (WorldConfig()):
   tokens), used to train the model and as the public corpus for the covariance C0;
 - a byte-level BPE tokenizer (GPT-2 conventions: no BOS, leading-space word tokens, eos = pad =
   "<|endoftext|>"; 6,000 entries, so every first name and surname is one token);
-- a GPT2LMHeadModel (4 layers, n_embd 128, 4 heads, n_inner 512, 128 positions, tied embeddings,
-  about 1.6M parameters), trained with the object tokens of fact sentences weighted 5x, until >= 95%
+- a GPT2LMHeadModel (6 layers, n_embd 128, 4 heads, n_inner 512, 128 positions, tied embeddings,
+  about 1.9M parameters), trained with the object tokens of fact sentences weighted 5x, until >= 95%
   of rewrite, paraphrase and neighbourhood prompts prefer the true object to target_new under the
   CounterFact per-token NLL rule (checked after every epoch on 200 records, then on 1,000).
 

@@ -28,7 +28,7 @@ class WorldConfig:
     # tokenizer
     vocab_size: int = 6000  # large enough that every name is one token (fast, clean memorisation)
     # model (GPT-2, pre-LN, GELU MLP, tied embeddings)
-    n_layer: int = 4
+    n_layer: int = 6  # 4 layers edit well in small batches; 6 leave room for 200+ edits
     n_embd: int = 128
     n_head: int = 4
     n_inner: int = 512
