@@ -35,6 +35,27 @@ def test_simulate_rejects_bad_arguments(capsys):
     assert "unknown method" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [
+    ["edit", "--model", "default", "--requests", "{missing}", "--out", "o"],
+    ["edit", "--model", "default", "--requests", "{present}", "--stats", "{missing}", "--out", "o"],
+    ["eval", "--model", "default", "--dataset", "{missing}", "--json", "o.json"],
+    ["simulate", "--dataset", "{missing}"],
+    ["simulate", "--hparams", "{missing}"],
+    ["stats", "--model", "default", "--layers", "0", "--corpus", "{missing}", "--out", "o"],
+])
+def test_missing_input_paths_fail_before_any_model_loads(argv, tmp_path, capsys, monkeypatch):
+    import collabedit_secure.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("model loaded before the check"))
+    present = tmp_path / "requests.json"
+    present.write_text("[]")
+    argv = [a.format(missing=tmp_path / "nope", present=present) for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert f"no such {'directory' if '--stats' in argv else 'file'}: {tmp_path / 'nope'}" in capsys.readouterr().err
+
+
 def test_edit_writes_loadable_model_delta_and_meta(default_world, tmp_path):
     from transformers import AutoModelForCausalLM
 
