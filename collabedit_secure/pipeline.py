@@ -131,15 +131,34 @@ def compute_stats(model: str, layers: list[int], corpus: str, out: Path, n_sampl
     return written
 
 
-def read_requests(path: Path, loaded: LoadedModel) -> list:
-    """Edit requests from a CounterFact/zsRE/conflict file, or a JSON list of plain requests."""
-    from .editing.requests import EditRequest, requests_from_records
-    from .eval.datasets import load_dataset
+def _plain_requests(path: Path) -> list | None:
+    """A JSON list of plain requests (`prompt`, `subject`, targets) as EditRequests, else None."""
+    from .editing.requests import EditRequest
+    from .eval.datasets import read_json_list
 
-    data = json.loads(path.read_text())
-    if isinstance(data, list) and data and isinstance(data[0], dict) and "prompt" in data[0]:
+    data = read_json_list(path)
+    if isinstance(data[0], dict) and "prompt" in data[0]:
         return [EditRequest.from_record({"case_id": r.get("case_id", i), "requested_rewrite": r})
                 for i, r in enumerate(data)]
+    return None
+
+
+def check_requests(path: Path) -> None:
+    """Validate a request file before any model loads (a bad file must not cost a model load)."""
+    from .eval.datasets import check_dataset
+
+    if _plain_requests(path) is None:
+        check_dataset(path)
+
+
+def read_requests(path: Path, loaded: LoadedModel) -> list:
+    """Edit requests from a CounterFact/zsRE/conflict file, or a JSON list of plain requests."""
+    from .editing.requests import requests_from_records
+    from .eval.datasets import load_dataset
+
+    plain = _plain_requests(path)
+    if plain is not None:
+        return plain
     _, records = load_dataset(path, loaded.tok)
     return requests_from_records(records)
 
@@ -149,6 +168,7 @@ def run_edit(model: str, requests_path: Path, schedule: str, out: Path, hparams_
     """`collabedit edit`: global MEMIT, written as an HF model dir plus the delta and edit_meta.json."""
     from .editing.memit import edit
 
+    check_requests(requests_path)
     loaded = load_model(model)
     hparams = default_hparams(loaded, hparams_path)
     requests = read_requests(requests_path, loaded)
@@ -169,8 +189,10 @@ def run_edit(model: str, requests_path: Path, schedule: str, out: Path, hparams_
 def run_eval(model: str, dataset: Path, json_out: Path, fluency: bool = True) -> dict:
     """`collabedit eval`: metrics of a model on a CounterFact/zsRE/conflict file."""
     from .eval.datasets import load_dataset
+    from .eval.datasets import check_dataset
     from .eval.report import evaluate_dataset, write_report
 
+    check_dataset(dataset)
     loaded = load_model(model)
     kind, records = load_dataset(dataset, loaded.tok)
     per_case, summary = evaluate_dataset(loaded.model, loaded.tok, records, kind=kind, fluency=fluency)

@@ -63,6 +63,12 @@ class SimulationConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.schedule not in ("parallel", "sequential"):
             raise ValueError(f"schedule must be parallel or sequential, got {self.schedule!r}")
+        if self.dataset is not None:
+            from .eval.datasets import check_dataset
+
+            kind = check_dataset(self.dataset)
+            if kind != "counterfact":
+                raise ValueError(f"simulate needs a CounterFact-format dataset; {self.dataset} is {kind}")
 
 
 def split_cases(records: list[dict], config: SimulationConfig) -> list[list[list[dict]]]:

@@ -56,6 +56,41 @@ def test_missing_input_paths_fail_before_any_model_loads(argv, tmp_path, capsys,
     assert f"no such {'directory' if '--stats' in argv else 'file'}: {tmp_path / 'nope'}" in capsys.readouterr().err
 
 
+BAD_FILES = {
+    "not json": ("[{", "not valid JSON"),
+    "unknown format": ('[{"case_id": 1}]', "unknown dataset format"),
+    "counterfact without {}": (json.dumps([{"case_id": 0, "requested_rewrite": {
+        "prompt": "no placeholder", "subject": "x", "target_new": {"str": "a"}, "target_true": {"str": "b"}},
+        "paraphrase_prompts": [], "neighborhood_prompts": []}]), "{}"),
+    "zsre subject not in src": (json.dumps([{"subject": "Zed", "src": "Who made it?", "rephrase": "r",
+                                            "answers": ["A"], "loc": "nq question: q", "loc_ans": "a"}]),
+                                "does not occur in src"),
+}
+
+
+@pytest.mark.parametrize("command", ["edit", "eval", "simulate"])
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_dataset_files_fail_before_any_model_loads(command, case, tmp_path, capsys, monkeypatch):
+    import collabedit_secure.pipeline as pipeline
+    import collabedit_secure.simulate as simulate
+
+    def must_not_load(*args, **kwargs):
+        pytest.fail("model loaded before the input was checked")
+
+    monkeypatch.setattr(pipeline, "load_model", must_not_load)
+    monkeypatch.setattr(simulate, "load_model", must_not_load)
+    text, expected = BAD_FILES[case]
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
+    argv = {"edit": ["edit", "--model", "default", "--requests", str(bad), "--out", str(tmp_path / "o")],
+            "eval": ["eval", "--model", "default", "--dataset", str(bad), "--json", str(tmp_path / "o.json")],
+            "simulate": ["simulate", "--dataset", str(bad), "--json", str(tmp_path / "o.json")]}[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and str(bad) in err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.json").exists()
+
+
 def test_edit_writes_loadable_model_delta_and_meta(default_world, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -21,7 +21,7 @@ class DatasetFormatError(ValueError):
     """A dataset file or record does not have the expected schema."""
 
 
-def _read_json_list(path) -> list:
+def read_json_list(path) -> list:
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -135,11 +135,11 @@ def _prefixed_errors(path, build):
 
 def load_counterfact(path) -> list[dict]:
     """CounterFact or MultiCounterFact JSON (a list of records), validated."""
-    return _prefixed_errors(path, lambda: validate_counterfact_records(_read_json_list(path)))
+    return _prefixed_errors(path, lambda: validate_counterfact_records(read_json_list(path)))
 
 
-def zsre_record(index: int, record: dict, tok) -> dict:
-    """One MEND-split zsRE record in MEMIT's CounterFact-shaped form (spec 3.2)."""
+def _zsre_fields(index: int, record: dict) -> tuple[str, str, str, list, str, str, str]:
+    """A zsRE record's fields, validated (everything that needs no tokenizer)."""
     where = f"zsRE record {index}"
     subject = _field(record, "subject", where)
     src = _field(record, "src", where)
@@ -155,6 +155,12 @@ def zsre_record(index: int, record: dict, tok) -> dict:
         raise DatasetFormatError(f"{where}: loc {loc!r} must start with {NQ_PREFIX!r}")
     prompt = src.replace(subject, "{}")
     _check_prompt_template(prompt, where)
+    return subject, src, rephrase, answers, loc, loc_ans, prompt
+
+
+def zsre_record(index: int, record: dict, tok) -> dict:
+    """One MEND-split zsRE record in MEMIT's CounterFact-shaped form (spec 3.2)."""
+    subject, src, rephrase, answers, loc, loc_ans, prompt = _zsre_fields(index, record)
     answer_ids = tok(" " + loc_ans, add_special_tokens=False)["input_ids"]
     neighborhood = [
         {"prompt": loc + "?" + tok.decode(answer_ids[:i]), "target": tok.decode(answer_ids[i])}
@@ -182,7 +188,7 @@ def load_zsre(path, tok) -> list[dict]:
     """zsRE (MEND eval split) JSON; `tok` splits loc_ans into the per-token neighbourhood prompts."""
     if tok is None:
         raise DatasetFormatError(f"{path}: zsRE records need a tokenizer to build neighbourhood prompts")
-    return _prefixed_errors(path, lambda: [zsre_record(i, r, tok) for i, r in enumerate(_read_json_list(path))])
+    return _prefixed_errors(path, lambda: [zsre_record(i, r, tok) for i, r in enumerate(read_json_list(path))])
 
 
 def conflict_record(index: int, record: dict, round_prompts: dict | None = None) -> dict:
@@ -244,7 +250,7 @@ def load_conflict(path, round_prompts=None) -> list[dict]:
     """CollabEdit knowledge-conflict JSON (e.g. easy_conflict_1000_p1.json); `round_prompts` a dict or path."""
     if round_prompts is not None and not isinstance(round_prompts, dict):
         round_prompts = load_round_prompts(round_prompts)
-    records = _read_json_list(path)
+    records = read_json_list(path)
     return _prefixed_errors(path, lambda: [conflict_record(i, r, round_prompts) for i, r in enumerate(records)])
 
 
@@ -266,12 +272,25 @@ def detect_format(records: list) -> str:
     )
 
 
+def check_dataset(path) -> str:
+    """Validate a dataset file without a model (so bad input fails before weights load); its format."""
+    records = read_json_list(path)
+    kind = _prefixed_errors(path, lambda: detect_format(records))
+    validate = {
+        "counterfact": lambda: validate_counterfact_records(records),
+        "zsre": lambda: [_zsre_fields(i, r) for i, r in enumerate(records)],
+        "conflict": lambda: [conflict_record(i, r) for i, r in enumerate(records)],
+    }[kind]
+    _prefixed_errors(path, validate)
+    return kind
+
+
 def load_dataset(path, tok=None) -> tuple[str, list[dict]]:
     """Load any supported format, detected from content; returns (format name, records).
 
     The format name is what `evaluate_dataset(kind=...)` takes ('counterfact', 'zsre', 'conflict').
     """
-    kind = _prefixed_errors(path, lambda: detect_format(_read_json_list(path)))
+    kind = _prefixed_errors(path, lambda: detect_format(read_json_list(path)))
     if kind == "counterfact":
         return kind, load_counterfact(path)
     if kind == "zsre":

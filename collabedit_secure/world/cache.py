@@ -178,10 +178,17 @@ def _locked(path: Path):
 
 
 def _check_loadable(bundle: WorldBundle) -> str | None:
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a check, not the load the user asked for: no second bar
     try:
         bundle.load_model()
     except Exception as exc:  # any failure to load means the cache is unusable
         return f"model does not load: {type(exc).__name__}: {exc}"
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     return None
 
 
