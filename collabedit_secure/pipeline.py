@@ -145,10 +145,11 @@ def _plain_requests(path: Path) -> list | None:
 
 def check_requests(path: Path) -> None:
     """Validate a request file before any model loads (a bad file must not cost a model load)."""
-    from .eval.datasets import check_dataset
+    from .editing.requests import requests_from_records
+    from .eval.datasets import check_dataset, load_dataset
 
-    if _plain_requests(path) is None:
-        check_dataset(path)
+    if _plain_requests(path) is None and check_dataset(path) != "zsre":  # zsRE needs the tokenizer
+        requests_from_records(load_dataset(path)[1])
 
 
 def read_requests(path: Path, loaded: LoadedModel) -> list:

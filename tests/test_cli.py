@@ -62,6 +62,9 @@ BAD_FILES = {
     "counterfact without {}": (json.dumps([{"case_id": 0, "requested_rewrite": {
         "prompt": "no placeholder", "subject": "x", "target_new": {"str": "a"}, "target_true": {"str": "b"}},
         "paraphrase_prompts": [], "neighborhood_prompts": []}]), "{}"),
+    "counterfact empty target": (json.dumps([{"case_id": 0, "requested_rewrite": {
+        "prompt": "{} is", "subject": "x", "target_new": {"str": " "}, "target_true": {"str": "b"}},
+        "paraphrase_prompts": [], "neighborhood_prompts": []}]), "target_new.str' is empty"),
     "zsre subject not in src": (json.dumps([{"subject": "Zed", "src": "Who made it?", "rephrase": "r",
                                             "answers": ["A"], "loc": "nq question: q", "loc_ans": "a"}]),
                                 "does not occur in src"),

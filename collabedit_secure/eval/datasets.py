@@ -95,7 +95,8 @@ def validate_counterfact_records(records: list) -> list[dict]:
         for path in ("requested_rewrite.prompt", "requested_rewrite.subject"):
             _field(record, path, where)
         for path in ("requested_rewrite.target_new.str", "requested_rewrite.target_true.str"):
-            _field(record, path, where)
+            if not _field(record, path, where).strip():
+                raise DatasetFormatError(f"{where}: field {path!r} is empty")
         _check_prompt_template(record["requested_rewrite"]["prompt"], where)
         clean = dict(record)
         clean["paraphrase_prompts"] = _string_list(record, "paraphrase_prompts", where, required=True)
@@ -147,8 +148,8 @@ def _zsre_fields(index: int, record: dict) -> tuple[str, str, str, list, str, st
     answers = _field(record, "answers", where, list)
     loc = _field(record, "loc", where)
     loc_ans = _field(record, "loc_ans", where)
-    if not answers or not isinstance(answers[0], str):
-        raise DatasetFormatError(f"{where}: field 'answers' must be a non-empty list of strings")
+    if not answers or not isinstance(answers[0], str) or not answers[0].strip():
+        raise DatasetFormatError(f"{where}: field 'answers' must be a non-empty list of strings, the first one not blank")
     if subject not in src:
         raise DatasetFormatError(f"{where}: subject {subject!r} does not occur in src {src!r}")
     if not loc.startswith(NQ_PREFIX):
