@@ -27,7 +27,7 @@ from .delta import EditDelta, creation_info
 from .hparams import MemitHparams
 from .keys import compute_keys
 from .requests import EditRequest
-from .targets import compute_targets
+from .targets import TargetCache, compute_targets
 
 SCHEDULES = ("parallel", "sequential")
 
@@ -56,8 +56,10 @@ class PartyWorker:
     """One party's side of a round: its requests, its targets Z, its per-layer contributions."""
 
     def __init__(self, model, tok, requests: list[EditRequest], hparams: MemitHparams,
-                 templates: list[list[str]], adapter: ModelAdapter | None = None, keep_factors: bool = False):
+                 templates: list[list[str]], adapter: ModelAdapter | None = None, keep_factors: bool = False,
+                 target_cache: TargetCache | None = None):
         self.model, self.tok, self.requests, self.hp = model, tok, requests, hparams
+        self.target_cache = target_cache
         self.templates = templates
         self.adapter = adapter or ModelAdapter.from_model(model, hparams)
         self.keep_factors = keep_factors
@@ -65,7 +67,8 @@ class PartyWorker:
 
     def compute_targets(self) -> torch.Tensor:
         """Z for this round: call once, on the model before any of this round's updates."""
-        self.targets = compute_targets(self.model, self.tok, self.adapter, self.hp, self.requests, self.templates)
+        self.targets = compute_targets(self.model, self.tok, self.adapter, self.hp, self.requests, self.templates,
+                                       self.target_cache)
         return self.targets
 
     def contributions(self, positions: list[int]) -> dict[int, LayerContribution]:
@@ -128,8 +131,11 @@ def _solve(name, c0, lam, s_kk, s_rk, c_acc) -> torch.Tensor:
 def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0: dict,
          schedule: str = "parallel", c_acc: dict | None = None, templates: list[list[str]] | None = None,
          aggregate: Aggregate = sum_contributions, keep_factors: bool = False,
-         stats_files: dict | None = None) -> EditResult:
-    """One round of collaborative MEMIT; the model is left exactly as it was, the update is returned."""
+         stats_files: dict | None = None, target_cache: TargetCache | None = None) -> EditResult:
+    """One round of collaborative MEMIT; the model is left exactly as it was, the update is returned.
+
+    `target_cache` shares compute_z results between edits that start from identical weights.
+    """
     _check_parties(parties)
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -153,7 +159,8 @@ def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0
     was_training = model.training
     model.eval()
     try:
-        workers = [PartyWorker(model, tok, list(p), hparams, templates, adapter, keep_factors) for p in parties]
+        workers = [PartyWorker(model, tok, list(p), hparams, templates, adapter, keep_factors, target_cache)
+                   for p in parties]
         for worker in workers:
             worker.compute_targets()
         if schedule == "parallel":

@@ -8,6 +8,9 @@ a ball of radius clamp_norm_factor * ||z_init||. Returns z = z_init + delta.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -16,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .adapters import ModelAdapter
+from .fingerprint import weights_digest
 from .hooks import edit_output, trace
 from .hparams import MemitHparams
 from .requests import EditRequest
@@ -126,8 +130,55 @@ def compute_z(model, tok, adapter: ModelAdapter, hp: MemitHparams, request: Edit
     return TargetResult(z=z_init + delta.detach().double().cpu(), z_init=z_init, losses=losses)
 
 
-def compute_targets(model, tok, adapter, hp, requests, templates) -> torch.Tensor:
+class TargetCache:
+    """z per (exact model weights, request, context templates, hparams): compute_z is deterministic.
+
+    Methods compared from the same base model (global, CollabEdit's parties, the local edits that
+    Task Arithmetic, SA and TIES merge) ask for the same targets; each is optimised once.
+    """
+
+    def __init__(self) -> None:
+        self._z: dict[str, tuple[torch.Tensor, float]] = {}  # key -> (z, seconds it took)
+        self.hits = 0
+        self.reused_s = 0.0  # compute time that hits saved (so reports can still charge it)
+
+    @staticmethod
+    def context(model, hp: MemitHparams, templates: list[list[str]]) -> str:
+        """What every target of one compute_targets call shares: weights, templates, hparams."""
+        described = json.dumps([templates, hp.to_dict()], sort_keys=True, default=str)
+        return weights_digest(model) + hashlib.sha256(described.encode()).hexdigest()
+
+    @staticmethod
+    def _key(context: str, request: EditRequest) -> str:
+        described = json.dumps([request.prompt, request.subject, request.target_new])
+        return context + hashlib.sha256(described.encode()).hexdigest()
+
+    def get(self, context: str, request: EditRequest) -> torch.Tensor | None:
+        entry = self._z.get(self._key(context, request))
+        if entry is None:
+            return None
+        self.hits += 1
+        self.reused_s += entry[1]
+        return entry[0]
+
+    def put(self, context: str, request: EditRequest, z: torch.Tensor, seconds: float) -> None:
+        self._z[self._key(context, request)] = (z.detach().clone(), seconds)
+
+    def __len__(self) -> int:
+        return len(self._z)
+
+
+def compute_targets(model, tok, adapter, hp, requests, templates, cache: TargetCache | None = None) -> torch.Tensor:
     """Z (hidden x n, float64), one column per request, each optimised independently."""
+    context = TargetCache.context(model, hp, templates) if cache is not None else ""
+    columns = []
     # The slow part of an edit (seconds per request on a CPU): a bar on terminals, silent in logs.
-    bar = tqdm(requests, desc="compute_z", unit="request", leave=False, disable=None)
-    return torch.stack([compute_z(model, tok, adapter, hp, r, templates).z for r in bar], dim=1)
+    for request in tqdm(requests, desc="compute_z", unit="request", leave=False, disable=None):
+        z = cache.get(context, request) if cache is not None else None
+        if z is None:
+            started = time.perf_counter()
+            z = compute_z(model, tok, adapter, hp, request, templates).z
+            if cache is not None:
+                cache.put(context, request, z, time.perf_counter() - started)
+        columns.append(z)
+    return torch.stack(columns, dim=1)

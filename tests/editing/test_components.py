@@ -14,7 +14,7 @@ from collabedit_secure.editing import (
 )
 from collabedit_secure.editing.context import generate_context_templates
 from collabedit_secure.editing.keys import compute_keys
-from collabedit_secure.editing.targets import compute_z
+from collabedit_secure.editing.targets import TargetCache, compute_z
 from collabedit_secure.eval.nll import target_nll
 
 from .conftest import random_c0, tiny_hparams, tiny_model, tiny_requests
@@ -182,3 +182,29 @@ def test_delta_apply_revert_save_load(gpt2_f64, tok, tmp_path):
     other = tiny_model("gpt2", tok, torch.float64, seed=1)
     with pytest.raises(DeltaMismatchError, match="fingerprint"):
         delta.apply(other)
+
+
+def test_target_cache_reuses_z_only_for_identical_weights_templates_and_hparams(tok):
+    model = tiny_model("gpt2", tok, torch.float64)
+    hp = tiny_hparams()
+    adapter = ModelAdapter.from_model(model, hp)
+    c0 = {l: random_c0(adapter.key_dim(model, l), l) for l in hp.layers}
+    requests = tiny_requests(4)
+    cache = TargetCache()
+
+    uncached = edit(model, tok, [requests], hp, c0, schedule="sequential").delta
+    edit(model, tok, [requests[:2], requests[2:]], hp, c0, schedule="sequential", target_cache=cache)  # two parties
+    assert len(cache) == 4 and cache.hits == 0 and cache.reused_s == 0
+    cached = edit(model, tok, [requests], hp, c0, schedule="sequential", target_cache=cache).delta
+    assert cache.hits == 4  # the global edit reused every party's target
+    for name, update in uncached.weights.items():  # reuse changes nothing, bit for bit
+        assert torch.equal(cached.weights[name], update)
+    assert cache.reused_s > 0
+
+    cached.apply(model)  # other weights: every target is optimised again
+    edit(model, tok, [requests[:1]], hp, c0, target_cache=cache)
+    cached.revert(model)
+    edit(model, tok, [requests[:1]], tiny_hparams(v_lr=0.1), c0, target_cache=cache)  # other hparams
+    templates = [["{}"], ["Because {}"]]
+    edit(model, tok, [requests[:1]], hp, c0, templates=templates, target_cache=cache)  # other templates
+    assert cache.hits == 4 and len(cache) == 7
