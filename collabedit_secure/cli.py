@@ -109,17 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="covariance statistics C0 of edited layers over a corpus")
     stats.add_argument("--model", required=True, help="HF directory, hub name, or 'default'")
     stats.add_argument("--layers", required=True, type=int, nargs="+", help="layer indices")
-    stats.add_argument("--corpus", default="world", type=corpus_name, help="'world' or a text file (one document per line)")
+    stats.add_argument("--corpus", default="world", type=corpus_name,
+                       help="'world' or a text file (one document per line)")
     stats.add_argument("--samples", type=int, default=None, help="number of documents (default: hparams)")
     stats.add_argument("--out", required=True, help="directory for the npz files (MEMIT layout)")
     stats.set_defaults(handler=_stats)
 
     edit = commands.add_parser("edit", help="MEMIT edit of a model with a request file")
     edit.add_argument("--model", required=True, help="HF directory, hub name, or 'default'")
-    edit.add_argument("--requests", required=True, type=existing_file, help="CounterFact/zsRE JSON, or a JSON list of requests")
+    edit.add_argument("--requests", required=True, type=existing_file,
+                      help="CounterFact/zsRE JSON, or a JSON list of requests")
     edit.add_argument("--schedule", choices=["parallel", "sequential"], default="sequential")
-    edit.add_argument("--hparams", type=existing_file, help="MEMIT hparams YAML (default: chosen from the model family)")
-    edit.add_argument("--stats", type=existing_dir, help="directory with covariance npz files (default: computed and cached)")
+    edit.add_argument("--hparams", type=existing_file,
+                      help="MEMIT hparams YAML (default: chosen from the model family)")
+    edit.add_argument("--stats", type=existing_dir,
+                      help="directory with covariance npz files (default: computed and cached)")
     edit.add_argument("--out", required=True, help="output directory (HF model + delta + edit_meta.json)")
     edit.set_defaults(handler=_edit)
 
@@ -130,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--schedule", choices=["parallel", "sequential"], default="parallel")
     sim.add_argument("--methods", default="collabedit,global,ta,sa,ties",
                      help="comma-separated: collabedit, global, ta, sa, ties")
-    sim.add_argument("--dataset", type=existing_file, help="CounterFact-format file (default: the embedded world)")
+    sim.add_argument("--dataset", type=existing_file,
+                     help="CounterFact-format file (default: the embedded world)")
     sim.add_argument("--model", default="default", help="HF directory or 'default'")
     sim.add_argument("--hparams", type=existing_file, help="MEMIT hparams YAML")
     sim.add_argument("--seed", type=int, default=0)

@@ -189,8 +189,7 @@ def run_edit(model: str, requests_path: Path, schedule: str, out: Path, hparams_
 
 def run_eval(model: str, dataset: Path, json_out: Path, fluency: bool = True) -> dict:
     """`collabedit eval`: metrics of a model on a CounterFact/zsRE/conflict file."""
-    from .eval.datasets import load_dataset
-    from .eval.datasets import check_dataset
+    from .eval.datasets import check_dataset, load_dataset
     from .eval.report import evaluate_dataset, write_report
 
     check_dataset(dataset)

@@ -149,7 +149,8 @@ def _zsre_fields(index: int, record: dict) -> tuple[str, str, str, list, str, st
     loc = _field(record, "loc", where)
     loc_ans = _field(record, "loc_ans", where)
     if not answers or not isinstance(answers[0], str) or not answers[0].strip():
-        raise DatasetFormatError(f"{where}: field 'answers' must be a non-empty list of strings, the first one not blank")
+        raise DatasetFormatError(
+            f"{where}: field 'answers' must be a non-empty list of strings, the first one not blank")
     if subject not in src:
         raise DatasetFormatError(f"{where}: subject {subject!r} does not occur in src {src!r}")
     if not loc.startswith(NQ_PREFIX):
