@@ -15,14 +15,16 @@ The default world (WorldConfig()):
 - 5,000 edit cases in the MultiCounterFact schema (1 rewrite prompt, 2 paraphrases after a filler
   sentence, 10 neighbourhood, 10 attribute and 10 generation prompts, target_new from the same
   relation);
-- a corpus stating every fact in all five templates plus filler sentences (about 12.6k texts, 225k
+- a corpus stating every fact in all five templates plus filler sentences (about 12.6k texts, 385k
   tokens), used to train the model and as the public corpus for the covariance C0;
 - a byte-level BPE tokenizer (GPT-2 conventions: no BOS, leading-space word tokens, eos = pad =
-  "<|endoftext|>"; 6,000 entries, so every first name and surname is one token);
-- a GPT2LMHeadModel (6 layers, n_embd 128, 4 heads, n_inner 512, 128 positions, tied embeddings,
-  about 1.9M parameters), trained with the object tokens of fact sentences weighted 5x, until >= 95%
-  of rewrite, paraphrase and neighbourhood prompts prefer the true object to target_new under the
-  CounterFact per-token NLL rule (checked after every epoch on 200 records, then on 1,000).
+  "<|endoftext|>"; 1,200 entries, so names split into syllable pieces as real tokenizers split rare
+  names, e.g. " W" "og" "aind");
+- a GPT2LMHeadModel (6 layers, n_embd 256, 4 heads, n_inner 1024, 128 positions, tied embeddings,
+  about 5.1M parameters), trained with bfloat16 matmuls (float32 weights) and the object tokens of
+  fact sentences weighted 5x, until >= 95% of rewrite, paraphrase and neighbourhood prompts prefer
+  the true object to target_new under the CounterFact per-token NLL rule (checked after every epoch
+  on 200 records, then on 1,000 in float32): 6 epochs, about 6.5 minutes on 2 cores.
 
 Entry points: `load_default()` (cached), `build_world(out_dir, config)`, `WorldConfig`, `tiny_config()`.
 """

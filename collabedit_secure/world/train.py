@@ -127,6 +127,7 @@ def train_model(config: WorldConfig, tok, corpus: list[str], records: list[dict]
                             weight_decay=config.weight_decay)
     sample = random.Random(config.train_seed).sample(records, min(config.check_sample, len(records)))
     final_set = records if config.final_check_records <= 0 else records[: config.final_check_records]
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.train_dtype == "bfloat16")
     history, step, start = [], 0, time.time()
     scores, final = {}, None
     for epoch in range(config.max_epochs):
@@ -139,7 +140,9 @@ def train_model(config: WorldConfig, tok, corpus: list[str], records: list[dict]
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, horizon, config)
             batch = data[i : i + config.batch_size]
-            loss = weighted_lm_loss(model(input_ids=batch).logits, batch, weights[i : i + config.batch_size])
+            with autocast:
+                logits = model(input_ids=batch).logits
+            loss = weighted_lm_loss(logits.float(), batch, weights[i : i + config.batch_size])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -147,7 +150,8 @@ def train_model(config: WorldConfig, tok, corpus: list[str], records: list[dict]
             step += 1
             total_loss += loss.item()
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        scores = knowledge(model, tok, sample)
+        with autocast:  # the per-epoch sample only decides when to run the full (float32) check
+            scores = knowledge(model, tok, sample)
         history.append({"epoch": epoch + 1, "loss": total_loss / len(bar), **scores,
                         "elapsed_s": round(time.time() - start, 1)})
         if progress:

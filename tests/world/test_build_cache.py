@@ -44,6 +44,22 @@ def test_bundle_contents(tiny):
     assert not model.training and next(model.parameters()).dtype == torch.float32
 
 
+def test_bfloat16_training_saves_float32_weights(tiny):
+    """Autocast lowers only the matmuls; the weights written to the cache stay float32."""
+    from safetensors import safe_open
+
+    assert TINY.train_dtype == "bfloat16"
+    with safe_open(str(tiny.model_dir / "model.safetensors"), framework="pt") as weights:
+        dtypes = {weights.get_slice(name).get_dtype() for name in weights.keys()}
+    assert dtypes == {"F32"}
+
+
+def test_float32_training_learns_too(tmp_path):
+    bundle = build_world(tmp_path / "fp32", tiny_config(train_dtype="float32"), progress=False)
+    history = bundle.knowledge["history"]
+    assert history[-1]["loss"] < history[0]["loss"] - 0.5
+
+
 def test_training_actually_learned_the_corpus(tiny):
     """Loss on world text must be well below an untrained model's (about log vocab)."""
     model, tok = tiny.load_model()

@@ -120,3 +120,5 @@ def test_impossible_world_is_rejected_precisely():
         generate_world(tiny_config(n_subjects=30))
     with pytest.raises(ValueError, match="relations_per_subject"):
         WorldConfig(relations_per_subject=30)
+    with pytest.raises(ValueError, match="train_dtype must be 'float32' or 'bfloat16', got 'float16'"):
+        WorldConfig(train_dtype="float16")
