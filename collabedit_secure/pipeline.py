@@ -56,12 +56,13 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
     return LoadedModel(model.to(device).eval(), tok, spec)
 
 
-def default_hparams(loaded: LoadedModel, path: str | Path | None = None) -> MemitHparams:
-    """The given YAML, else the shipped file for the embedded default or the model's family."""
+def default_hparams(loaded: LoadedModel, path: str | Path | None = None,
+                    schedule: str = "sequential") -> MemitHparams:
+    """The given YAML, else the shipped file for the embedded default (per schedule) or the model's family."""
     if path is not None:
         return MemitHparams.from_yaml(path)
     if loaded.name.startswith(DEFAULT_MODEL):
-        return MemitHparams.builtin("default-world")
+        return MemitHparams.builtin("default-world-parallel" if schedule == "parallel" else "default-world")
     family = ModelAdapter.from_model(loaded.model).family
     shipped = {"gpt2": "gpt2-xl", "gptj": "gpt-j-6b", "llama": "llama", "mistral": "llama", "qwen2": "llama"}
     if family not in shipped:
@@ -171,7 +172,7 @@ def run_edit(model: str, requests_path: Path, schedule: str, out: Path, hparams_
 
     check_requests(requests_path)
     loaded = load_model(model)
-    hparams = default_hparams(loaded, hparams_path)
+    hparams = default_hparams(loaded, hparams_path, schedule)
     requests = read_requests(requests_path, loaded)
     c0, sources = covariances(loaded, hparams, stats_dir=stats_dir)
     result = edit(loaded.model, loaded.tok, [requests], hparams, c0, schedule=schedule, stats_files=sources)

@@ -138,7 +138,10 @@ class MemitHparams:
             data = yaml.safe_load(handle)
         if not isinstance(data, dict):
             raise HparamsError(f"{path}: expected a mapping of hyperparameters")
+        base = data.pop("base", None)  # a shipped file whose values this one overrides
         try:
+            if base is not None:
+                data = {**cls.builtin(base).to_dict(), **data}
             return cls.from_dict(data)
         except HparamsError as err:
             raise HparamsError(f"{path}: {err}") from None

@@ -81,6 +81,34 @@ def test_hparams_accepts_easyedit_file(tmp_path):
         MemitHparams.from_yaml(tmp_path / "bad.yaml")
 
 
+def test_hparams_file_overrides_a_shipped_base(tmp_path):
+    (tmp_path / "mine.yaml").write_text("base: gpt-j-6b\nmom2_update_weight: 300\nlayers: [3, 4]\n")
+    hp = MemitHparams.from_yaml(tmp_path / "mine.yaml")
+    expected = {**MemitHparams.builtin("gpt-j-6b").to_dict(), "mom2_update_weight": 300.0, "layers": [3, 4]}
+    assert hp.to_dict() == expected
+    (tmp_path / "bad.yaml").write_text("base: gpt-k\n")
+    with pytest.raises(HparamsError, match="bad.yaml: no shipped hparams 'gpt-k'; available: default-world"):
+        MemitHparams.from_yaml(tmp_path / "bad.yaml")
+
+
+def test_every_shipped_hparams_file_loads():
+    folder = Path(MemitHparams.builtin.__code__.co_filename).parent / "hparams"
+    names = sorted(p.stem for p in folder.glob("*.yaml"))
+    assert {"default-world", "default-world-parallel", "gpt2-xl", "gpt-j-6b", "llama"} <= set(names)
+    loaded = {name: MemitHparams.builtin(name) for name in names}
+    parallel, sequential = loaded["default-world-parallel"].to_dict(), loaded["default-world"].to_dict()
+    assert {k for k in parallel if parallel[k] != sequential[k]} == {"mom2_update_weight"}
+
+
+def test_embedded_default_hparams_follow_the_schedule():
+    from collabedit_secure.pipeline import LoadedModel, default_hparams
+
+    loaded = LoadedModel(model=None, tok=None, name="default (/cache/world-0123/model)")
+    assert default_hparams(loaded, schedule="parallel") == MemitHparams.builtin("default-world-parallel")
+    assert default_hparams(loaded, schedule="sequential") == MemitHparams.builtin("default-world")
+    assert default_hparams(loaded).mom2_update_weight == 150
+
+
 def test_hparams_validation():
     with pytest.raises(HparamsError, match="layers must be a non-empty"):
         tiny_hparams(layers=[])
