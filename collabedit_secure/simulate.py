@@ -109,7 +109,7 @@ class Experiment:
         self.config = config
         self.loaded = load_model(config.model)
         self.model, self.tok = self.loaded.model, self.loaded.tok
-        self.hparams = default_hparams(self.loaded, config.hparams)
+        self.hparams = default_hparams(self.loaded, config.hparams, config.schedule)
         self.c0, self.c0_sources = covariances(self.loaded, self.hparams)
         self.templates = generate_context_templates(self.model, self.tok, self.hparams.context_template_seed,
                                                     self.hparams.context_template_length_params)
@@ -137,11 +137,11 @@ class Experiment:
         method, so every method is charged what it would cost alone.
         """
         self.reset()
+        if method == "none":  # the unedited model: nothing to edit, nothing to time
+            return 0.0, 0.0, []
         started, reused_before = time.perf_counter(), self.targets.reused_s
         c_acc, round_deltas = None, []
         for parties in rounds:
-            if method == "none":
-                break
             requests = [_requests(p) for p in parties]
             if method in ("collabedit", "global"):
                 result = self._edit(requests if method == "collabedit" else [sum(requests, [])], c_acc)

@@ -28,6 +28,16 @@ def test_simulate_collabedit_equals_global_and_writes_the_table(default_world, t
     assert "delta_rel_err_vs_global" in table and "ties" in table
 
 
+def test_simulate_parallel_uses_its_hparams_and_reports_the_unedited_model(default_world, tmp_path):
+    out = tmp_path / "sim.json"
+    assert main(["simulate", "--parties", "2", "--edits-per-party", "2", "--schedule", "parallel",
+                 "--methods", "global,none", "--no-fluency", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["hparams"]["mom2_update_weight"] == 800  # default-world-parallel.yaml
+    unedited = report["methods"]["none"]
+    assert unedited["wall_time_s"] == 0.0 and unedited["efficacy"] < report["methods"]["global"]["efficacy"]
+
+
 def test_simulate_rejects_bad_arguments(capsys):
     assert main(["simulate", "--parties", "0", "--json", "x.json"]) == 2
     assert "parties must be >= 1" in capsys.readouterr().err
