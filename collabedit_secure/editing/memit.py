@@ -92,6 +92,7 @@ class EditResult:
     delta: EditDelta
     s_kk: dict[str, torch.Tensor]  # aggregated K Kᵀ per module, for C_acc += λ S_KK
     contributions: list[dict[int, LayerContribution]]  # per party, per layer (sums; factors if kept)
+    targets: list[torch.Tensor]  # per party, Z (hidden x n_i, float64): what the edit asked for
 
 
 def _check_parties(parties) -> None:
@@ -181,7 +182,7 @@ def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0
         "stats_files": stats_files or {}, "model_fingerprint": base_fingerprint,
         "model_family": adapter.family, "dynamic_covariance": bool(c_acc), **creation_info(),
     }
-    return EditResult(EditDelta(updates, metadata), s_kk, kept)
+    return EditResult(EditDelta(updates, metadata), s_kk, kept, [w.targets for w in workers])
 
 
 def _run_parallel(workers, layers, names, c0, c_acc, lam, aggregate):

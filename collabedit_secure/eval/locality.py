@@ -11,6 +11,9 @@ some positions only separates the two effects:
 
 If `subject` succeeds where `all` fails, the edit reached its target and was undone by its own
 spill-over (on small models this, not the solve, limits efficacy at a few hundred edits).
+
+`target_attainment` asks the step before: how much of the requested shift z - z_before the edited
+model actually makes at the subject's last token (`subject_states` measures z on a model).
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from contextlib import contextmanager
 
 import torch
 
-from ..editing.adapters import get_module
+from ..editing.adapters import ModelAdapter, get_module
 from ..editing.delta import EditDelta
+from ..editing.hparams import MemitHparams
+from ..editing.keys import compute_keys
+from ..editing.requests import EditRequest
 from ..editing.tokens import subject_last_index
 from .nll import target_nll
 
@@ -86,3 +92,32 @@ def efficacy_by_position(model, tok, delta: EditDelta, records: list[dict],
                 nll = target_nll(model, tok, [prompt, prompt], targets)
             hits[mode] += int(nll[0] < nll[1])
     return {mode: 100.0 * count / len(records) for mode, count in hits.items()}
+
+
+@torch.no_grad()
+def subject_states(model, tok, requests: list[EditRequest], hparams: MemitHparams) -> torch.Tensor:
+    """Block z_layer's output at the subject's last token of each bare prompt (hidden x n, float64):
+    the z that MEMIT's residuals are measured from."""
+    adapter = ModelAdapter.from_model(model, hparams)
+    _, states = compute_keys(model, tok, adapter, requests, hparams.layers[:1], [["{}"]], hparams.z_layer)
+    return states
+
+
+def target_attainment(z_target: torch.Tensor, z_before: torch.Tensor, z_after: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per column, the achieved shift z_after - z_before against the requested z_target - z_before.
+
+    fraction    its component along the request, over the request's length (1 reached, 0 unmoved);
+    orthogonal  the length of the rest, over the request's length (change in unrequested directions).
+    """
+    if not z_target.shape == z_before.shape == z_after.shape or z_target.dim() != 2:
+        raise ValueError(f"z_target, z_before and z_after must be equal (hidden x n) matrices, got "
+                         f"{tuple(z_target.shape)}, {tuple(z_before.shape)}, {tuple(z_after.shape)}")
+    wanted = (z_target - z_before).double()
+    got = (z_after - z_before).double()
+    length = wanted.norm(dim=0)
+    if not torch.all(length > 0):
+        zero = torch.nonzero(length == 0).flatten().tolist()
+        raise ValueError(f"requested shift is zero for column(s) {zero}: nothing to attain")
+    fraction = (got * wanted).sum(0) / length**2
+    orthogonal = (got - fraction * wanted).norm(dim=0) / length
+    return {"fraction": fraction, "orthogonal": orthogonal}

@@ -8,7 +8,8 @@ import torch
 from collabedit_secure.editing import ModelAdapter, edit
 from collabedit_secure.editing.context import generate_context_templates
 from collabedit_secure.editing.tokens import subject_last_index
-from collabedit_secure.eval.locality import delta_at_positions, efficacy_by_position
+from collabedit_secure.eval.locality import (delta_at_positions, efficacy_by_position, subject_states,
+                                             target_attainment)
 
 from .conftest import random_c0, tiny_hparams, tiny_requests
 
@@ -84,3 +85,40 @@ def test_all_and_none_agree_with_the_evaluator(default_world):
     assert by_position["none"] == pytest.approx(before["efficacy"])
     assert by_position["all"] == pytest.approx(after["efficacy"])
     assert by_position["all"] > by_position["none"]
+
+
+def test_target_attainment_on_hand_made_shifts():
+    before = torch.zeros(2, 3, dtype=torch.float64)
+    target = torch.tensor([[2.0, 1.0, 4.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    after = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]], dtype=torch.float64)  # half + sideways, reached, unmoved
+    got = target_attainment(target, before, after)
+    assert torch.allclose(got["fraction"], torch.tensor([0.5, 1.0, 0.0], dtype=torch.float64))
+    assert torch.allclose(got["orthogonal"], torch.tensor([0.5, 0.0, 0.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="equal"):
+        target_attainment(target, before, after[:, :2])
+    with pytest.raises(ValueError, match=r"column\(s\) \[1\]"):
+        target_attainment(torch.tensor([[1.0, 0.0]]), torch.zeros(1, 2), torch.ones(1, 2))
+
+
+@torch.no_grad()
+def test_one_layer_edit_attains_the_solve_s_fraction(gpt2_f64, tok):
+    """One edited layer, bare prompt only: the block output moves by ΔW k = r kᵀ(λC0 + k kᵀ)⁻¹ k,
+    exactly along the request, so fraction = kᵀ A⁻¹ k and nothing moves sideways."""
+    hp = tiny_hparams(layers=[2])
+    adapter = ModelAdapter.from_model(gpt2_f64, hp)
+    c0 = {2: random_c0(adapter.key_dim(gpt2_f64, 2), seed=2)}
+    request = tiny_requests(1)
+    result = edit(gpt2_f64, tok, [request], hp, c0, templates=[["{}"]], keep_factors=True)
+    before = subject_states(gpt2_f64, tok, request, hp)
+    result.delta.apply(gpt2_f64)
+    try:
+        after = subject_states(gpt2_f64, tok, request, hp)
+    finally:
+        result.delta.revert(gpt2_f64)
+    k = result.contributions[0][2].keys[:, 0]
+    a = hp.mom2_update_weight * c0[2] + torch.outer(k, k)
+    expected = k @ torch.linalg.solve(a, k)
+    got = target_attainment(result.targets[0], before, after)
+    assert 0.05 < float(expected) < 0.999  # a partial fit, so the check can tell fractions apart
+    assert torch.allclose(got["fraction"], expected.reshape(1), rtol=1e-9, atol=0)
+    assert float(got["orthogonal"][0]) < 1e-9
