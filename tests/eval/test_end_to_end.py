@@ -119,10 +119,12 @@ def test_fluency_generation_is_deterministic_and_batch_independent(tiny_model, t
     # Greedy (top_k=1) sampling exercises left padding: batched equals one by one.
     greedy = generate_texts(tiny_model, tiny_tok, prompts, max_out_len=20, top_k=1)
     assert greedy == [generate_texts(tiny_model, tiny_tok, [p], max_out_len=20, top_k=1)[0] for p in prompts]
-    # max_out_len bounds the sample: a longer budget extends the same greedy continuation. (Token
-    # counts of decoded text are not compared: a random model emits partial UTF-8 byte sequences.)
+    # max_out_len bounds the sample: a longer budget extends the same greedy continuation. Text is
+    # compared, not token counts, and only by prefix: a random model may emit special tokens or
+    # non-ASCII bytes that decode (after ASCII folding) to nothing, so not every sample must grow.
     longer = generate_texts(tiny_model, tiny_tok, prompts, max_out_len=30, top_k=1)
-    assert all(len(long) > len(short) for long, short in zip(longer, greedy))
+    assert all(long.startswith(short) for long, short in zip(longer, greedy))
+    assert any(len(long) > len(short) for long, short in zip(longer, greedy))
 
 
 def test_evaluate_dataset_restores_training_mode_and_rejects_unknown_kind(tiny_model, tiny_tok, counterfact):
