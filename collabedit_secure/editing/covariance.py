@@ -56,11 +56,8 @@ def _atomic_savez(path: Path, **arrays) -> None:
 
 
 def _file_sha256(path: Path) -> str:
-    hasher = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            hasher.update(chunk)
-    return hasher.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def export_memit_stats(stat: SecondMoment, path: str | Path, dtype=np.float32) -> Path:
