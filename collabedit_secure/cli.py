@@ -30,6 +30,13 @@ def existing_file(value: str) -> str:
     return value
 
 
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
 def corpus_name(value: str) -> str:
     return value if value == "world" else existing_file(value)
 
@@ -111,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--layers", required=True, type=int, nargs="+", help="layer indices")
     stats.add_argument("--corpus", default="world", type=corpus_name,
                        help="'world' or a text file (one document per line)")
-    stats.add_argument("--samples", type=int, default=None, help="number of documents (default: hparams)")
+    stats.add_argument("--samples", type=positive_int, default=None, help="number of documents (default: hparams)")
     stats.add_argument("--out", required=True, help="directory for the npz files (MEMIT layout)")
     stats.set_defaults(handler=_stats)
 

@@ -58,16 +58,25 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
 
 def default_hparams(loaded: LoadedModel, path: str | Path | None = None,
                     schedule: str = "sequential") -> MemitHparams:
-    """The given YAML, else the shipped file for the embedded default (per schedule) or the model's family."""
+    """The given YAML, else the shipped file for the embedded default (per schedule) or the model's family.
+
+    Checked against the model's depth here, before any statistics are computed for its layers.
+    """
     if path is not None:
-        return MemitHparams.from_yaml(path)
-    if loaded.name.startswith(DEFAULT_MODEL):
-        return MemitHparams.builtin("default-world-parallel" if schedule == "parallel" else "default-world")
-    family = ModelAdapter.from_model(loaded.model).family
+        hparams = MemitHparams.from_yaml(path)
+    elif loaded.name.startswith(DEFAULT_MODEL):
+        hparams = MemitHparams.builtin("default-world-parallel" if schedule == "parallel" else "default-world")
+    else:
+        hparams = MemitHparams.builtin(_shipped_hparams_name(ModelAdapter.from_model(loaded.model).family))
+    hparams.validate_for(ModelAdapter.from_model(loaded.model, hparams).n_layer)
+    return hparams
+
+
+def _shipped_hparams_name(family: str) -> str:
     shipped = {"gpt2": "gpt2-xl", "gptj": "gpt-j-6b", "llama": "llama", "mistral": "llama", "qwen2": "llama"}
     if family not in shipped:
         raise ValueError(f"no shipped hparams for model family {family!r}; pass --hparams FILE")
-    return MemitHparams.builtin(shipped[family])
+    return shipped[family]
 
 
 def read_corpus(corpus: str, loaded: LoadedModel) -> list[str]:
@@ -120,6 +129,10 @@ def compute_stats(model: str, layers: list[int], corpus: str, out: Path, n_sampl
     loaded = load_model(model)
     hparams = default_hparams(loaded)
     adapter = ModelAdapter.from_model(loaded.model, hparams)
+    bad = [layer for layer in layers if not 0 <= layer < adapter.n_layer]
+    if bad:
+        raise ValueError(f"layers {bad} out of range: {model} has {adapter.n_layer} layers "
+                         f"(0-{adapter.n_layer - 1})")
     texts = read_corpus(corpus, loaded)
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -152,6 +152,38 @@ def test_stats_exports_memit_layout(default_world, tmp_path):
     assert stat.count > 64 and stat.mom2.shape[0] == stat.mom2.shape[1]
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--layers", "0", "6"], "layers [6] out of range: default has 6 layers (0-5)"),
+    (["--layers", "-1"], "layers [-1] out of range"),
+    (["--layers", "0", "--samples", "0"], "argument --samples: must be >= 1, got 0"),
+])
+def test_stats_rejects_bad_layers_and_samples(default_world, argv, message, tmp_path, capsys):
+    out = tmp_path / "stats"
+    try:
+        status = main(["stats", "--model", "default", *argv, "--out", str(out)])
+    except SystemExit as exit_info:  # argparse rejects it before the command runs
+        status = exit_info.code
+    assert status == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("layers: [7]", "layers [7] out of range for a model with 6 layers"),
+    ("v_loss_layer: 9", "v_loss_layer 9 out of range for a model with 6 layers"),
+])
+def test_edit_rejects_hparams_beyond_the_models_depth(default_world, override, message, tmp_path, capsys):
+    hparams = tmp_path / "hparams.yaml"
+    hparams.write_text(f"base: default-world\n{override}\n")
+    requests = tmp_path / "requests.json"
+    requests.write_text(json.dumps([{"prompt": "The pet of {} is a", "subject": "Alice", "target_new": {"str": "dog"}}]))
+    out = tmp_path / "o"
+    assert main(["edit", "--model", "default", "--hparams", str(hparams), "--requests", str(requests),
+                 "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_eval_on_real_counterfact_file(default_world, shared_data, tmp_path):
     out = tmp_path / "eval.json"
     assert main(["eval", "--model", "default", "--dataset", str(shared_data / "counterfact/multi_counterfact-30.json"),
