@@ -58,25 +58,16 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
 
 def default_hparams(loaded: LoadedModel, path: str | Path | None = None,
                     schedule: str = "sequential") -> MemitHparams:
-    """The given YAML, else the shipped file for the embedded default (per schedule) or the model's family.
-
-    Checked against the model's depth here, before any statistics are computed for its layers.
-    """
+    """The given YAML, else the shipped file for the embedded default (per schedule) or the model's family."""
     if path is not None:
-        hparams = MemitHparams.from_yaml(path)
-    elif loaded.name.startswith(DEFAULT_MODEL):
-        hparams = MemitHparams.builtin("default-world-parallel" if schedule == "parallel" else "default-world")
-    else:
-        hparams = MemitHparams.builtin(_shipped_hparams_name(ModelAdapter.from_model(loaded.model).family))
-    hparams.validate_for(ModelAdapter.from_model(loaded.model, hparams).n_layer)
-    return hparams
-
-
-def _shipped_hparams_name(family: str) -> str:
+        return MemitHparams.from_yaml(path)
+    if loaded.name.startswith(DEFAULT_MODEL):
+        return MemitHparams.builtin("default-world-parallel" if schedule == "parallel" else "default-world")
+    family = ModelAdapter.from_model(loaded.model).family
     shipped = {"gpt2": "gpt2-xl", "gptj": "gpt-j-6b", "llama": "llama", "mistral": "llama", "qwen2": "llama"}
     if family not in shipped:
         raise ValueError(f"no shipped hparams for model family {family!r}; pass --hparams FILE")
-    return shipped[family]
+    return MemitHparams.builtin(shipped[family])
 
 
 def read_corpus(corpus: str, loaded: LoadedModel) -> list[str]:
@@ -96,6 +87,7 @@ def covariances(loaded: LoadedModel, hparams: MemitHparams, corpus: str = "world
                 progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """C0 = E[k kᵀ] per edited layer: imported from MEMIT-layout npz files, else computed (cached)."""
     adapter = ModelAdapter.from_model(loaded.model, hparams)
+    hparams.validate_for(adapter.n_layer)  # before asking for the statistics of a layer the model lacks
     c0, sources = {}, {}
     texts = None
     for layer in hparams.layers:
