@@ -48,10 +48,10 @@ def existing_dir(value: str) -> str:
 
 
 def _world_build(args: argparse.Namespace) -> None:
-    from .world import build_world, load_default
+    from .world import load_default, open_or_build
 
-    bundle = build_world(Path(args.out)) if args.out else load_default(progress=True)
-    print(f"embedded default world: {bundle.root}")
+    bundle = open_or_build(Path(args.out)) if args.out else load_default(progress=True)
+    print(f"embedded default world: {bundle.root} ({'built now' if bundle.built_now else 'reused'})")
     print(f"model directory:        {bundle.model_dir}")
     print(f"edit cases:             {len(bundle.records)}")
     print(f"knowledge check:        {json.dumps(bundle.knowledge)}")
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     world = commands.add_parser("world", help="the embedded default world and model")
     world_cmds = world.add_subparsers(dest="world_command", required=True)
     build = world_cmds.add_parser("build", help="build or reuse the embedded default; prints where it is")
-    build.add_argument("--out", help="build into this directory instead of the cache")
+    build.add_argument("--out", help="build into this directory instead of the cache (reused if it holds one)")
     build.set_defaults(handler=_world_build)
 
     stats = commands.add_parser("stats", help="covariance statistics C0 of edited layers over a corpus")
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except (CliError, FileNotFoundError, ValueError) as err:
+    except (CliError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"collabedit: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -192,6 +192,15 @@ def test_eval_on_real_counterfact_file(default_world, shared_data, tmp_path):
     assert report["summary"]["n_cases"] == 30 and len(report["cases"]) == 30
 
 
+def test_world_build_out_reuses_a_build_and_refuses_other_directories(default_world, tmp_path, capsys):
+    assert main(["world", "build", "--out", str(default_world.root)]) == 0
+    assert f"{default_world.root} (reused)" in capsys.readouterr().out
+    (tmp_path / "notes.txt").write_text("keep me")
+    assert main(["world", "build", "--out", str(tmp_path)]) == 2
+    assert "is not a build of this world" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
 def test_console_script_runs(default_world):
     done = subprocess.run([sys.executable, "-m", "collabedit_secure.cli", "world", "build"],
                           capture_output=True, text=True, timeout=300)

@@ -26,12 +26,13 @@ The default world (WorldConfig()):
   the true object to target_new under the CounterFact per-token NLL rule (checked after every epoch
   on 200 records, then on 1,000 in float32): 6 epochs, about 6.5 minutes on 2 cores.
 
-Entry points: `load_default()` (cached), `build_world(out_dir, config)`, `WorldConfig`, `tiny_config()`.
+Entry points: `load_default()` (cached), `build_world(out_dir, config)`, `open_or_build(out_dir)`,
+`WorldConfig`, `tiny_config()`.
 """
 
-from .cache import WorldBundle, build_world, default_cache_root, load_default, verify_bundle
+from .cache import WorldBundle, build_world, default_cache_root, load_default, open_or_build, verify_bundle
 from .config import BUILD_VERSION, WorldConfig, tiny_config
 from .generator import World, generate_world
 
 __all__ = ["BUILD_VERSION", "World", "WorldBundle", "WorldConfig", "build_world", "default_cache_root",
-           "generate_world", "load_default", "tiny_config", "verify_bundle"]
+           "generate_world", "load_default", "open_or_build", "tiny_config", "verify_bundle"]

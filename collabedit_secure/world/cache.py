@@ -163,6 +163,23 @@ def build_world(out_dir, config: WorldConfig = WorldConfig(), progress: bool = T
     return bundle
 
 
+def open_or_build(out_dir, config: WorldConfig = WorldConfig(), progress: bool = True) -> WorldBundle:
+    """`collabedit world build --out`: reuse a valid build of config at out_dir, else build one there.
+
+    A directory that holds anything else is the user's: it is reported, never overwritten.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()  # an empty directory made for the build
+    if not out_dir.exists():
+        return build_world(out_dir, config, progress=progress)
+    reason = verify_bundle(out_dir, config)
+    if reason is not None:
+        raise FileExistsError(f"{out_dir} exists and is not a build of this world ({reason}); "
+                              "remove it or pick another directory")
+    return open_bundle(out_dir, config)
+
+
 @contextmanager
 def _locked(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)

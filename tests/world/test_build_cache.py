@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from collabedit_secure.world import build_world, load_default, tiny_config, verify_bundle
+from collabedit_secure.world import build_world, load_default, open_or_build, tiny_config, verify_bundle
 
 TINY = tiny_config()
 
@@ -73,6 +73,26 @@ def test_training_actually_learned_the_corpus(tiny):
 def test_cache_reuse_does_not_rebuild(tiny, cache_root):
     again = load_default(cache_dir=cache_root, progress=False, config=TINY)
     assert not again.built_now and again.root == tiny.root and again.records == tiny.records
+
+
+def test_open_or_build_reuses_a_valid_build(tiny):
+    again = open_or_build(tiny.root, TINY, progress=False)
+    assert not again.built_now and again.root == tiny.root and again.records == tiny.records
+
+
+def test_open_or_build_builds_into_an_empty_directory(tmp_path):
+    (tmp_path / "w").mkdir()
+    bundle = open_or_build(tmp_path / "w", TINY, progress=False)
+    assert bundle.built_now and verify_bundle(tmp_path / "w", TINY) is None
+
+
+def test_open_or_build_leaves_other_content_alone(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a build of this world .manifest.json missing"):
+        open_or_build(mine, TINY, progress=False)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
 
 
 def test_corrupt_weights_are_detected_and_rebuilt(tiny, cache_root):
