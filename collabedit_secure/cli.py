@@ -30,6 +30,15 @@ def existing_file(value: str) -> str:
     return value
 
 
+def new_dir(value: str) -> str:
+    """argparse type for outputs that replace a model: never write over what is already there."""
+    path = Path(value)
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+        raise argparse.ArgumentTypeError(f"{value} already exists and is not an empty directory; "
+                                         "pick a new one")
+    return value
+
+
 def positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -131,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="MEMIT hparams YAML (default: chosen from the model family)")
     edit.add_argument("--stats", type=existing_dir,
                       help="directory with covariance npz files (default: computed and cached)")
-    edit.add_argument("--out", required=True, help="output directory (HF model + delta + edit_meta.json)")
+    edit.add_argument("--out", required=True, type=new_dir,
+                      help="new or empty output directory (HF model + delta + edit_meta.json)")
     edit.set_defaults(handler=_edit)
 
     sim = commands.add_parser("simulate", help="in-process collaborative editing experiment")

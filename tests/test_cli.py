@@ -66,6 +66,22 @@ def test_missing_input_paths_fail_before_any_model_loads(argv, tmp_path, capsys,
     assert f"no such {'directory' if '--stats' in argv else 'file'}: {tmp_path / 'nope'}" in capsys.readouterr().err
 
 
+def test_edit_never_writes_over_an_existing_directory(tmp_path, capsys, monkeypatch):
+    import collabedit_secure.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("model loaded before the check"))
+    requests = tmp_path / "requests.json"
+    requests.write_text("[]")
+    model_dir = tmp_path / "my-model"
+    model_dir.mkdir()
+    (model_dir / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["edit", "--model", str(model_dir), "--requests", str(requests), "--out", str(model_dir)])
+    assert exit_info.value.code == 2
+    assert f"{model_dir} already exists and is not an empty directory" in capsys.readouterr().err
+    assert (model_dir / "model.safetensors").read_bytes() == b"weights"
+
+
 BAD_FILES = {
     "not json": ("[{", "not valid JSON"),
     "unknown format": ('[{"case_id": 1}]', "unknown dataset format"),
