@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -27,6 +28,20 @@ def existing_file(value: str) -> str:
     """argparse type: fail before any model loads when an input file is missing."""
     if not Path(value).is_file():
         raise argparse.ArgumentTypeError(f"no such file: {value}")
+    return value
+
+
+def output_file(value: str) -> str:
+    """argparse type for results files: prove the file can be written before minutes of work fill it."""
+    path = Path(value)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value} is a directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"cannot write {value}: {err.strerror or err}") from None
     return value
 
 
@@ -157,14 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--hparams", type=existing_file, help="MEMIT hparams YAML")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--no-fluency", action="store_true", help="skip generation-based fluency")
-    sim.add_argument("--json", help="write the results JSON here")
+    sim.add_argument("--json", type=output_file, help="write the results JSON here")
     sim.set_defaults(handler=_simulate)
 
     ev = commands.add_parser("eval", help="evaluate a model on a CounterFact or zsRE file")
     ev.add_argument("--model", required=True, help="HF directory, hub name, or 'default'")
     ev.add_argument("--dataset", required=True, type=existing_file)
     ev.add_argument("--no-fluency", action="store_true")
-    ev.add_argument("--json", required=True)
+    ev.add_argument("--json", required=True, type=output_file, help="write the per-case report here")
     ev.set_defaults(handler=_eval)
 
     bench = commands.add_parser("bench", help="benchmarks")

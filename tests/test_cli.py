@@ -66,6 +66,25 @@ def test_missing_input_paths_fail_before_any_model_loads(argv, tmp_path, capsys,
     assert f"no such {'directory' if '--stats' in argv else 'file'}: {tmp_path / 'nope'}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["simulate", "--json", "{dir}"], "{dir} is a directory; give a file name"),
+    (["eval", "--model", "default", "--dataset", "{present}", "--json", "{dir}"], "is a directory"),
+    (["bench", "kernels", "--json", "{dir}"], "is a directory"),
+    (["simulate", "--json", "{present}/results.json"], "cannot write {present}/results.json"),
+])
+def test_unwritable_results_files_fail_before_any_work(argv, message, tmp_path, capsys, monkeypatch):
+    import collabedit_secure.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("model loaded before the check"))
+    present = tmp_path / "requests.json"
+    present.write_text("[]")
+    fill = {"dir": tmp_path, "present": present}
+    with pytest.raises(SystemExit) as exit_info:
+        main([a.format(**fill) for a in argv])
+    assert exit_info.value.code == 2
+    assert message.format(**fill) in capsys.readouterr().err
+
+
 def test_edit_never_writes_over_an_existing_directory(tmp_path, capsys, monkeypatch):
     import collabedit_secure.pipeline as pipeline
 

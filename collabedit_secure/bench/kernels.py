@@ -19,6 +19,7 @@ import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from collabedit_secure import kernels
+from collabedit_secure.cli import output_file, positive_int
 from collabedit_secure.kernels import reference
 
 PEERS = 5
@@ -26,8 +27,8 @@ PEERS = 5
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="d in {1024, 4096} only, fewer repeats")
-    parser.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement")
+    parser.add_argument("--json", metavar="OUT", type=output_file, help="write the results as JSON to OUT")
+    parser.add_argument("--repeats", type=positive_int, default=None, help="timed repeats per measurement")
 
 
 def median_time(fn: Callable[[], Any], repeats: int) -> float:
