@@ -79,7 +79,10 @@ def read_corpus(corpus: str, loaded: LoadedModel) -> list[str]:
     path = Path(corpus)
     if not path.is_file():
         raise FileNotFoundError(f"corpus file {path} does not exist")
-    return [line for line in path.read_text().splitlines() if line.strip()]
+    texts = [line for line in path.read_text().splitlines() if line.strip()]
+    if not texts:
+        raise ValueError(f"corpus file {path} has no text (one document per line)")
+    return texts
 
 
 def covariances(loaded: LoadedModel, hparams: MemitHparams, corpus: str = "world",

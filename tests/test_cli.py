@@ -191,15 +191,19 @@ def test_stats_exports_memit_layout(default_world, tmp_path):
     (["--layers", "0", "6"], "layers [6] out of range: default has 6 layers (0-5)"),
     (["--layers", "-1"], "layers [-1] out of range"),
     (["--layers", "0", "--samples", "0"], "argument --samples: must be >= 1, got 0"),
+    (["--layers", "0", "--corpus", "{empty}"], "corpus file {empty} has no text"),
 ])
 def test_stats_rejects_bad_layers_and_samples(default_world, argv, message, tmp_path, capsys):
     out = tmp_path / "stats"
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    argv = [a.format(empty=empty) for a in argv]
     try:
         status = main(["stats", "--model", "default", *argv, "--out", str(out)])
     except SystemExit as exit_info:  # argparse rejects it before the command runs
         status = exit_info.code
     assert status == 2
-    assert message in capsys.readouterr().err
+    assert message.format(empty=empty) in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -82,6 +82,10 @@ def import_memit_stats(path: str | Path) -> SecondMoment:
         raise CorruptStatsError(f"{path}: not a readable MEMIT second-moment file ({err})") from err
     if mom2.ndim != 2 or mom2.shape[0] != mom2.shape[1]:
         raise CorruptStatsError(f"{path}: mom2 has shape {mom2.shape}, expected square")
+    if count.size != 1 or int(count) < 1:
+        raise CorruptStatsError(f"{path}: count must be one positive number, got {count.tolist()}")
+    if not np.isfinite(mom2).all():  # fail here, not after every target has been optimised
+        raise CorruptStatsError(f"{path}: mom2 has NaN or Inf entries")
     return SecondMoment(torch.from_numpy(mom2.astype(np.float64)), int(count))
 
 

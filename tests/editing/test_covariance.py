@@ -76,3 +76,16 @@ def test_memit_npz_round_trip(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(CorruptStatsError, match="junk.npz"):
         import_memit_stats(tmp_path / "junk.npz")
+
+
+@pytest.mark.parametrize("mom2, count, message", [
+    (np.eye(3)[:2], 3, r"shape \(2, 3\), expected square"),
+    (np.diag([1.0, np.nan, 1.0]), 3, "NaN or Inf"),
+    (np.diag([1.0, np.inf, 1.0]), 3, "NaN or Inf"),
+    (np.eye(3), 0, r"count must be one positive number, got 0"),
+    (np.eye(3), [3, 4], r"count must be one positive number, got \[3, 4\]"),
+])
+def test_imported_stats_are_checked_on_arrival(tmp_path, mom2, count, message):
+    np.savez(tmp_path / "bad.npz", mom2=mom2, count=np.array(count))
+    with pytest.raises(CorruptStatsError, match=message):
+        import_memit_stats(tmp_path / "bad.npz")
