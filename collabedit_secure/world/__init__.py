@@ -21,10 +21,12 @@ The default world (WorldConfig()):
   "<|endoftext|>"; 1,200 entries, so names split into syllable pieces as real tokenizers split rare
   names, e.g. " W" "og" "aind");
 - a GPT2LMHeadModel (6 layers, n_embd 256, 4 heads, n_inner 1024, 128 positions, tied embeddings,
-  about 5.1M parameters), trained with bfloat16 matmuls (float32 weights) and the object tokens of
-  fact sentences weighted 5x, until >= 95% of rewrite, paraphrase and neighbourhood prompts prefer
-  the true object to target_new under the CounterFact per-token NLL rule (checked after every epoch
-  on 200 records, then on 1,000 in float32): 6 epochs, about 6.5 minutes on 2 cores.
+  about 5.1M parameters), trained with the object tokens of fact sentences weighted 5x, until >= 95%
+  of rewrite, paraphrase and neighbourhood prompts prefer the true object to target_new under the
+  CounterFact per-token NLL rule (checked after every epoch on 200 records, then on 1,000 in
+  float32). Where the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX) the matmuls run in
+  bfloat16 (float32 weights): 6 epochs, about 6.5 minutes on 2 cores; elsewhere in float32, since
+  emulated bfloat16 is about 20x slower. The two precisions train different models, cached apart.
 
 Entry points: `load_default()` (cached), `build_world(out_dir, config)`, `open_or_build(out_dir)`,
 `WorldConfig`, `tiny_config()`.

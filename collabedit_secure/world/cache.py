@@ -140,8 +140,9 @@ def _build_into(tmp: Path, config: WorldConfig, progress: bool) -> None:
     write_manifest(tmp, config)  # last: its presence means everything above is complete
 
 
-def build_world(out_dir, config: WorldConfig = WorldConfig(), progress: bool = True) -> WorldBundle:
+def build_world(out_dir, config: WorldConfig | None = None, progress: bool = True) -> WorldBundle:
     """Generate, tokenise, train and save a world into out_dir (built in a temp dir, renamed atomically)."""
+    config = config or WorldConfig()
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} already exists; remove it or pick another directory")
@@ -163,11 +164,12 @@ def build_world(out_dir, config: WorldConfig = WorldConfig(), progress: bool = T
     return bundle
 
 
-def open_or_build(out_dir, config: WorldConfig = WorldConfig(), progress: bool = True) -> WorldBundle:
+def open_or_build(out_dir, config: WorldConfig | None = None, progress: bool = True) -> WorldBundle:
     """`collabedit world build --out`: reuse a valid build of config at out_dir, else build one there.
 
     A directory that holds anything else is the user's: it is reported, never overwritten.
     """
+    config = config or WorldConfig()
     out_dir = Path(out_dir)
     if out_dir.is_dir() and not any(out_dir.iterdir()):
         out_dir.rmdir()  # an empty directory made for the build

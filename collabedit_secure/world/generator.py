@@ -140,7 +140,8 @@ def make_corpus(rng: random.Random, config: WorldConfig, facts, rel_by_id, fille
     return texts
 
 
-def generate_world(config: WorldConfig = WorldConfig()) -> World:
+def generate_world(config: WorldConfig | None = None) -> World:
+    config = config or WorldConfig()
     if config.n_relations > len(RELATIONS):
         raise ValueError(f"n_relations={config.n_relations} but only {len(RELATIONS)} relations are defined")
     rng = random.Random(config.seed)

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, P
 
 from collabedit_secure.world import build_world, load_default, open_or_build, tiny_config, verify_bundle
 
-TINY = tiny_config()
+TINY = tiny_config(train_dtype="bfloat16")  # explicit: "auto" would follow the CPU
 
 
 @pytest.fixture(scope="module")

@@ -120,5 +120,28 @@ def test_impossible_world_is_rejected_precisely():
         generate_world(tiny_config(n_subjects=30))
     with pytest.raises(ValueError, match="relations_per_subject"):
         WorldConfig(relations_per_subject=30)
-    with pytest.raises(ValueError, match="train_dtype must be 'float32' or 'bfloat16', got 'float16'"):
+    with pytest.raises(ValueError, match="train_dtype must be 'auto', 'float32' or 'bfloat16', got 'float16'"):
         WorldConfig(train_dtype="float16")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_train_dtype_follows_the_cpu_and_keys_the_cache(monkeypatch, native):
+    """bfloat16 only where the CPU has it (emulated, it is ~20x slower than float32); the cache key
+    hashes the resolved precision, so machines that train differently never share a build."""
+    import torch
+
+    from collabedit_secure.world import config as world_config
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    world_config.native_train_dtype.cache_clear()
+    try:
+        expected = "bfloat16" if native else "float32"
+        auto = WorldConfig()
+        assert auto.train_dtype == expected
+        assert auto.cache_key() == WorldConfig(train_dtype=expected).cache_key()
+        other = "float32" if native else "bfloat16"
+        assert auto.cache_key() != WorldConfig(train_dtype=other).cache_key()
+        assert WorldConfig.from_dict(auto.to_dict()) == auto
+    finally:
+        world_config.native_train_dtype.cache_clear()
