@@ -106,7 +106,7 @@ def test_embedded_default_hparams_follow_the_schedule():
     loaded = LoadedModel(model=None, tok=None, name="default (/cache/world-0123/model)")
     assert default_hparams(loaded, schedule="parallel") == MemitHparams.builtin("default-world-parallel")
     assert default_hparams(loaded, schedule="sequential") == MemitHparams.builtin("default-world")
-    assert default_hparams(loaded).mom2_update_weight == 150
+    assert default_hparams(loaded).mom2_update_weight == 300
 
 
 def test_hparams_validation():
