@@ -78,7 +78,11 @@ def _world_build(args: argparse.Namespace) -> None:
     print(f"embedded default world: {bundle.root} ({'built now' if bundle.built_now else 'reused'})")
     print(f"model directory:        {bundle.model_dir}")
     print(f"edit cases:             {len(bundle.records)}")
-    print(f"knowledge check:        {json.dumps(bundle.knowledge)}")
+    k = bundle.knowledge  # the per-epoch history stays in knowledge.json
+    print(f"knowledge check:        rewrite {k['rewrite']:.1%}, paraphrase {k['paraphrase']:.1%}, "
+          f"neighbourhood {k['neighborhood']:.1%} of {k['records_checked']} records")
+    print(f"training:               {k['epochs']} epochs in {k['train_s'] / 60:.1f} min, "
+          f"{bundle.config.train_dtype} matmuls, {k['n_params'] / 1e6:.1f}M parameters")
 
 
 def _stats(args: argparse.Namespace) -> None:

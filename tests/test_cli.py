@@ -233,7 +233,11 @@ def test_eval_on_real_counterfact_file(default_world, shared_data, tmp_path):
 
 def test_world_build_out_reuses_a_build_and_refuses_other_directories(default_world, tmp_path, capsys):
     assert main(["world", "build", "--out", str(default_world.root)]) == 0
-    assert f"{default_world.root} (reused)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{default_world.root} (reused)" in out
+    k = default_world.knowledge
+    assert f"rewrite {k['rewrite']:.1%}" in out and f"of {k['records_checked']} records" in out
+    assert f"{default_world.config.train_dtype} matmuls" in out
     (tmp_path / "notes.txt").write_text("keep me")
     assert main(["world", "build", "--out", str(tmp_path)]) == 2
     assert "is not a build of this world" in capsys.readouterr().err
