@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--model", required=True, help="HF directory, hub name, or 'default'")
     edit.add_argument("--requests", required=True, type=existing_file,
                       help="CounterFact/zsRE JSON, or a JSON list of requests")
-    edit.add_argument("--schedule", choices=["parallel", "sequential"], default="sequential")
+    edit.add_argument("--schedule", choices=["parallel", "sequential"], default="sequential",
+                      help="sequential: true MEMIT (default); parallel: the CollabEdit code's variant")
     edit.add_argument("--hparams", type=existing_file,
                       help="MEMIT hparams YAML (default: chosen from the model family)")
     edit.add_argument("--stats", type=existing_dir,
@@ -164,17 +165,22 @@ def build_parser() -> argparse.ArgumentParser:
     edit.set_defaults(handler=_edit)
 
     sim = commands.add_parser("simulate", help="in-process collaborative editing experiment")
-    sim.add_argument("--parties", type=int, default=10)
-    sim.add_argument("--edits-per-party", type=int, default=20)
-    sim.add_argument("--rounds", type=int, default=1)
-    sim.add_argument("--schedule", choices=["parallel", "sequential"], default="parallel")
+    sim.add_argument("--parties", type=int, default=10, help="number of parties (default: 10)")
+    sim.add_argument("--edits-per-party", type=int, default=20,
+                     help="edits each party makes per round (default: 20)")
+    sim.add_argument("--rounds", type=int, default=1,
+                     help="editing rounds; later rounds edit the merged model (default: 1)")
+    sim.add_argument("--schedule", choices=["parallel", "sequential"], default="sequential",
+                     help="sequential: true MEMIT, layer-synchronous (default); parallel: the CollabEdit code's variant")
     sim.add_argument("--methods", default="collabedit,global,ta,sa,ties",
-                     help="comma-separated: collabedit, global, ta, sa, ties")
+                     help="comma-separated, from: collabedit, global, ta, sa, ties, none (the unedited model); "
+                          "default: collabedit,global,ta,sa,ties")
     sim.add_argument("--dataset", type=existing_file,
                      help="CounterFact-format file (default: the embedded world)")
     sim.add_argument("--model", default="default", help="HF directory or 'default'")
-    sim.add_argument("--hparams", type=existing_file, help="MEMIT hparams YAML")
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--hparams", type=existing_file,
+                     help="MEMIT hparams YAML (default: the shipped file for the model and schedule)")
+    sim.add_argument("--seed", type=int, default=0, help="seed of the draw of edits for the parties and of fluency sampling (default: 0)")
     sim.add_argument("--no-fluency", action="store_true", help="skip generation-based fluency")
     sim.add_argument("--json", type=output_file, help="write the results JSON here")
     sim.set_defaults(handler=_simulate)

@@ -44,7 +44,7 @@ class SimulationConfig:
     parties: int = 10
     edits_per_party: int = 20
     rounds: int = 1
-    schedule: str = "parallel"
+    schedule: str = "sequential"
     methods: list[str] = field(default_factory=lambda: ["collabedit", "global", "ta", "sa", "ties"])
     dataset: Path | None = None
     model: str = "default"

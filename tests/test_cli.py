@@ -15,10 +15,13 @@ pytestmark = pytest.mark.slow
 
 def test_simulate_collabedit_equals_global_and_writes_the_table(default_world, tmp_path, capsys):
     out = tmp_path / "sim.json"
-    status = main(["simulate", "--parties", "3", "--edits-per-party", "2", "--schedule", "sequential",
+    status = main(["simulate", "--parties", "3", "--edits-per-party", "2",
                    "--methods", "collabedit,global,ta,sa,ties", "--no-fluency", "--json", str(out)])
     assert status == 0
     report = json.loads(out.read_text())
+    # The default schedule is true MEMIT, with the hparams shipped for it.
+    assert report["config"]["schedule"] == "sequential"
+    assert report["config"]["hparams"]["mom2_update_weight"] == 300  # default-world.yaml
     methods = report["methods"]
     assert set(methods) == {"collabedit", "global", "ta", "sa", "ties"}
     assert methods["collabedit"]["delta_rel_err_vs_global"] <= 1e-9
