@@ -88,7 +88,7 @@ def _world_build(args: argparse.Namespace) -> None:
 def _stats(args: argparse.Namespace) -> None:
     from .pipeline import compute_stats
 
-    for path in compute_stats(args.model, args.layers, args.corpus, Path(args.out), args.samples):
+    for path in compute_stats(args.model, args.layers, args.corpus, Path(args.out), args.samples, args.hparams):
         print(f"wrote {path}")
 
 
@@ -146,7 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--layers", required=True, type=int, nargs="+", help="layer indices")
     stats.add_argument("--corpus", default="world", type=corpus_name,
                        help="'world' or a text file (one document per line)")
-    stats.add_argument("--samples", type=positive_int, default=None, help="number of documents (default: hparams)")
+    stats.add_argument("--samples", type=positive_int, default=None,
+                       help="number of documents (default: the hparams' mom2_n_samples)")
+    stats.add_argument("--hparams", type=existing_file,
+                       help="MEMIT hparams YAML for mom2_n_samples, mom2_max_length, mom2_batch_size "
+                            "(default: chosen from the model family)")
     stats.add_argument("--out", required=True, help="directory for the npz files (MEMIT layout)")
     stats.set_defaults(handler=_stats)
 

@@ -11,7 +11,9 @@ from typing import Callable
 import torch
 
 from .editing.adapters import ModelAdapter
-from .editing.covariance import SecondMoment, export_memit_stats, import_memit_stats, layer_stats
+from .editing.covariance import (
+    SecondMoment, corpus_sample, export_memit_stats, import_memit_stats, layer_stats,
+)
 from .editing.hparams import MemitHparams
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
     try:
         tok = AutoTokenizer.from_pretrained(spec, local_files_only=not local_only or None)
         model = AutoModelForCausalLM.from_pretrained(spec, local_files_only=not local_only or None,
-                                                     torch_dtype=torch.float32)
+                                                     dtype=torch.float32)
     except OSError as err:
         raise FileNotFoundError(
             f"cannot load model {spec!r}: not a local HF directory, and not in the local hub cache "
@@ -111,32 +113,41 @@ def covariances(loaded: LoadedModel, hparams: MemitHparams, corpus: str = "world
 
 
 def stats_file(directory: Path, module_name: str, hparams: MemitHparams) -> Path:
-    """MEMIT's file name for a layer's statistics."""
+    """A layer's statistics in `directory`, by MEMIT's file name `{module}_{dtype}_mom2_{n}.npz`.
+
+    The file for hparams.mom2_n_samples documents if present, else the only one there is; several
+    other candidates are an error rather than a guess.
+    """
     matches = sorted(directory.glob(f"{module_name}_*_mom2_*.npz"))
+    expected = f"{module_name}_float32_mom2_{hparams.mom2_n_samples}.npz"
     if not matches:
-        raise FileNotFoundError(f"no statistics for {module_name} in {directory} "
-                                f"(expected {module_name}_float32_mom2_{hparams.mom2_n_samples}.npz)")
-    return matches[0]
+        raise FileNotFoundError(f"no statistics for {module_name} in {directory} (expected {expected})")
+    exact = [m for m in matches if m.name.endswith(f"_mom2_{hparams.mom2_n_samples}.npz")]
+    if len(exact) == 1 or len(matches) == 1:
+        return (exact or matches)[0]
+    raise ValueError(f"several statistics for {module_name} in {directory}: "
+                     f"{', '.join(m.name for m in matches)}; keep one, or name it {expected}")
 
 
-def compute_stats(model: str, layers: list[int], corpus: str, out: Path, n_samples: int | None) -> list[Path]:
+def compute_stats(model: str, layers: list[int], corpus: str, out: Path, n_samples: int | None,
+                  hparams_path: str | Path | None = None) -> list[Path]:
     """`collabedit stats`: compute C0 for the given layers and export MEMIT-layout npz files."""
     loaded = load_model(model)
-    hparams = default_hparams(loaded)
+    hparams = default_hparams(loaded, hparams_path)
     adapter = ModelAdapter.from_model(loaded.model, hparams)
     bad = [layer for layer in layers if not 0 <= layer < adapter.n_layer]
     if bad:
         raise ValueError(f"layers {bad} out of range: {model} has {adapter.n_layer} layers "
                          f"(0-{adapter.n_layer - 1})")
-    texts = read_corpus(corpus, loaded)
+    documents = corpus_sample(read_corpus(corpus, loaded), n_samples or hparams.mom2_n_samples)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for layer in layers:
         name = adapter.rewrite_name(layer)
-        stat: SecondMoment = layer_stats(loaded.model, loaded.tok, name, texts,
-                                         n_samples=n_samples or hparams.mom2_n_samples,
+        stat: SecondMoment = layer_stats(loaded.model, loaded.tok, name, documents,
                                          max_length=hparams.mom2_max_length, batch_size=hparams.mom2_batch_size)
-        written.append(export_memit_stats(stat, out / f"{name}_float32_mom2_{n_samples or len(texts)}.npz"))
+        # Named by the documents actually used, as MEMIT names its files by sample size.
+        written.append(export_memit_stats(stat, out / f"{name}_float32_mom2_{len(documents)}.npz"))
     return written
 
 

@@ -55,6 +55,7 @@ def test_simulate_rejects_bad_arguments(capsys):
     ["simulate", "--dataset", "{missing}"],
     ["simulate", "--hparams", "{missing}"],
     ["stats", "--model", "default", "--layers", "0", "--corpus", "{missing}", "--out", "o"],
+    ["stats", "--model", "default", "--layers", "0", "--hparams", "{missing}", "--out", "o"],
 ])
 def test_missing_input_paths_fail_before_any_model_loads(argv, tmp_path, capsys, monkeypatch):
     import collabedit_secure.pipeline as pipeline

@@ -179,6 +179,11 @@ def _accumulate_batch(model, tok, layer_name: str, texts: list[str], max_length:
     return int(mask.sum())
 
 
+def corpus_sample(texts: list[str], n_samples: int | None = None) -> list[str]:
+    """The documents a statistic is taken over: the first n_samples non-empty texts."""
+    return [t for t in texts if t.strip()][:n_samples]
+
+
 def layer_stats(model, tok, layer_name: str, texts: list[str], *, n_samples: int | None = None,
                 max_length: int | None = None, batch_size: int = 16, cache_dir: str | Path | None = None,
                 progress: bool = True, checkpoint_every: int = 20,
@@ -187,7 +192,7 @@ def layer_stats(model, tok, layer_name: str, texts: list[str], *, n_samples: int
 
     `on_batch(position)` is called after each batch with the number of texts consumed so far.
     """
-    texts = [t for t in texts if t.strip()][:n_samples]
+    texts = corpus_sample(texts, n_samples)
     if not texts:
         raise ValueError("covariance corpus is empty")
     max_length = _max_length(model, max_length)

@@ -9,7 +9,7 @@ import torch
 from collabedit_secure.editing import SecondMoment, export_memit_stats, import_memit_stats, layer_stats
 from collabedit_secure.editing.covariance import CorruptStatsError
 
-from .conftest import corpus
+from .conftest import corpus, tiny_model
 
 LAYER = "transformer.h.1.mlp.c_proj"
 
@@ -89,3 +89,52 @@ def test_imported_stats_are_checked_on_arrival(tmp_path, mom2, count, message):
     np.savez(tmp_path / "bad.npz", mom2=mom2, count=np.array(count))
     with pytest.raises(CorruptStatsError, match=message):
         import_memit_stats(tmp_path / "bad.npz")
+
+
+def test_stats_command_names_its_file_by_the_documents_used(tok, tmp_path, monkeypatch, capsys):
+    """`collabedit stats` on a local GPT-NeoX directory, a family with no shipped hparams: it asks for
+    --hparams, then takes mom2_n_samples from them and says in the file name how many documents it used."""
+    from collabedit_secure.cli import main
+
+    monkeypatch.setenv("COLLABEDIT_CACHE", str(tmp_path / "cache"))
+    model = tiny_model("gpt_neox", tok)
+    model.save_pretrained(tmp_path / "neox")
+    tok.save_pretrained(tmp_path / "neox")
+    documents = tmp_path / "corpus.txt"
+    documents.write_text("\n".join(corpus()[:12] + ["", "  "] + corpus()[12:20]) + "\n")  # 20 documents
+    hparams = tmp_path / "neox.yaml"
+    hparams.write_text("layers: [1]\nv_loss_layer: 3\nrewrite_module_tmp: gpt_neox.layers.{}.mlp.dense_4h_to_h\n"
+                       "mom2_n_samples: 15\nmom2_batch_size: 4\n")
+    out = tmp_path / "out"
+    argv = ["stats", "--model", str(tmp_path / "neox"), "--layers", "1", "--corpus", str(documents), "--out", str(out)]
+
+    assert main(argv) == 2
+    assert "no shipped hparams for model family 'gpt_neox'; pass --hparams FILE" in capsys.readouterr().err
+    assert not out.exists()
+
+    assert main([*argv, "--hparams", str(hparams)]) == 0
+    (written,) = out.glob("*.npz")
+    assert written.name == "gpt_neox.layers.1.mlp.dense_4h_to_h_float32_mom2_15.npz"
+    direct = layer_stats(model, tok, "gpt_neox.layers.1.mlp.dense_4h_to_h", corpus()[:15], batch_size=4,
+                         cache_dir=tmp_path / "direct", progress=False)
+    exported = import_memit_stats(written)
+    assert exported.count == direct.count
+    assert torch.allclose(exported.moment(), direct.moment(), rtol=1e-5, atol=1e-7)  # stored as float32
+
+
+def test_stats_file_prefers_the_hparams_sample_count_and_never_guesses(tmp_path):
+    from collabedit_secure.editing import MemitHparams
+    from collabedit_secure.pipeline import stats_file
+
+    hparams = MemitHparams(layers=[1], v_loss_layer=3, mom2_n_samples=100)
+    name = "transformer.h.1.mlp.c_proj"
+    with pytest.raises(FileNotFoundError, match=f"expected {name}_float32_mom2_100.npz"):
+        stats_file(tmp_path, name, hparams)
+    (tmp_path / f"{name}_float32_mom2_50.npz").touch()
+    (tmp_path / f"transformer.h.10.mlp.c_proj_float32_mom2_100.npz").touch()  # another layer
+    assert stats_file(tmp_path, name, hparams).name == f"{name}_float32_mom2_50.npz"  # the only one
+    (tmp_path / f"{name}_float64_mom2_70.npz").touch()
+    with pytest.raises(ValueError, match="several statistics .*_mom2_50.npz, .*_mom2_70.npz"):
+        stats_file(tmp_path, name, hparams)
+    (tmp_path / f"{name}_float32_mom2_100.npz").touch()
+    assert stats_file(tmp_path, name, hparams).name == f"{name}_float32_mom2_100.npz"
