@@ -191,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("eval", help="evaluate a model on a CounterFact or zsRE file")
     ev.add_argument("--model", required=True, help="HF directory, hub name, or 'default'")
-    ev.add_argument("--dataset", required=True, type=existing_file)
-    ev.add_argument("--no-fluency", action="store_true")
+    ev.add_argument("--dataset", required=True, type=existing_file,
+                    help="CounterFact, MultiCounterFact, zsRE or conflict JSON (format detected from the records)")
+    ev.add_argument("--no-fluency", action="store_true", help="skip generation-based fluency (CounterFact)")
     ev.add_argument("--json", required=True, type=output_file, help="write the per-case report here")
     ev.set_defaults(handler=_eval)
 
