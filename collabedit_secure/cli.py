@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import __version__
+
 
 class CliError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
@@ -133,6 +135,7 @@ def _bench_kernels(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="collabedit", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     world = commands.add_parser("world", help="the embedded default world and model")

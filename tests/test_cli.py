@@ -253,3 +253,12 @@ def test_console_script_runs(default_world):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert str(default_world.model_dir) in done.stdout
+
+
+def test_version_is_the_installed_distribution_s(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"collabedit {version('collabedit-secure')}"
