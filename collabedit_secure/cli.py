@@ -116,6 +116,7 @@ def _simulate(args: argparse.Namespace) -> None:
         hparams=Path(args.hparams) if args.hparams else None,
         seed=args.seed,
         fluency=not args.no_fluency,
+        float64_weights=args.float64_weights,
     )
     run_simulation(config, json_out=Path(args.json) if args.json else None)
 
@@ -189,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="MEMIT hparams YAML (default: the shipped file for the model and schedule)")
     sim.add_argument("--seed", type=int, default=0, help="seed of the draw of edits for the parties and of fluency sampling (default: 0)")
     sim.add_argument("--no-fluency", action="store_true", help="skip generation-based fluency")
+    sim.add_argument("--float64-weights", action="store_true",
+                     help="hold the model in float64 between rounds, so each round builds on the earlier "
+                          "updates unrounded (evaluation runs in float64 too, slower)")
     sim.add_argument("--json", type=output_file, help="write the results JSON here")
     sim.set_defaults(handler=_simulate)
 

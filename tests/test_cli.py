@@ -41,6 +41,28 @@ def test_simulate_parallel_uses_its_hparams_and_reports_the_unedited_model(defau
     assert unedited["wall_time_s"] == 0.0 and unedited["efficacy"] < report["methods"]["global"]["efficacy"]
 
 
+def test_simulate_two_rounds_with_the_dynamic_covariance(default_world, tmp_path):
+    out = tmp_path / "sim.json"
+    assert main(["simulate", "--parties", "2", "--edits-per-party", "2", "--rounds", "2",
+                 "--methods", "collabedit,global", "--no-fluency", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["rounds"] == 2 and report["n_edits"] == 8
+    collab = report["methods"]["collabedit"]
+    by_round = collab["delta_rel_err_vs_global_by_round"]
+    assert len(by_round) == 2 and collab["delta_rel_err_vs_global"] == max(by_round)
+    assert by_round[0] <= 1e-9
+    # Round 2 builds on float32 weights that may differ by one ulp where the two round-1 updates
+    # round differently; a method that lost C_acc or a round would be off by far more.
+    assert by_round[1] <= 1e-6
+
+    # Held in float64, round 2 builds on the round-1 updates as computed: equal to the invariant's bound.
+    assert main(["simulate", "--parties", "2", "--edits-per-party", "2", "--rounds", "2", "--float64-weights",
+                 "--methods", "collabedit,global", "--no-fluency", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["float64_weights"]
+    assert max(report["methods"]["collabedit"]["delta_rel_err_vs_global_by_round"]) <= 1e-9
+
+
 def test_simulate_rejects_bad_arguments(capsys):
     assert main(["simulate", "--parties", "0", "--json", "x.json"]) == 2
     assert "parties must be >= 1" in capsys.readouterr().err
