@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--rounds", type=int, default=1,
                      help="editing rounds; later rounds edit the merged model (default: 1)")
     sim.add_argument("--schedule", choices=["parallel", "sequential"], default="sequential",
-                     help="sequential: true MEMIT, layer-synchronous (default); parallel: the CollabEdit code's variant")
+                     help="sequential: true MEMIT, layer-synchronous (default); "
+                          "parallel: the CollabEdit code's variant")
     sim.add_argument("--methods", default="collabedit,global,ta,sa,ties",
                      help="comma-separated, from: collabedit, global, ta, sa, ties, none (the unedited model); "
                           "default: collabedit,global,ta,sa,ties")
@@ -188,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--model", default="default", help="HF directory or 'default'")
     sim.add_argument("--hparams", type=existing_file,
                      help="MEMIT hparams YAML (default: the shipped file for the model and schedule)")
-    sim.add_argument("--seed", type=int, default=0, help="seed of the draw of edits for the parties and of fluency sampling (default: 0)")
+    sim.add_argument("--seed", type=int, default=0,
+                     help="seed of the draw of edits for the parties and of fluency sampling (default: 0)")
     sim.add_argument("--no-fluency", action="store_true", help="skip generation-based fluency")
     sim.add_argument("--float64-weights", action="store_true",
                      help="hold the model in float64 between rounds, so each round builds on the earlier "
