@@ -153,7 +153,7 @@ def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0
                                                hparams.context_template_length_params)
     templates = check_templates(templates)
 
-    model_dtype = next(model.parameters()).dtype
+    dtypes = _float_dtypes(model)
     if hparams.edit_dtype == "float64":
         model.double()  # exact: every float32 value is a float64, and converts back unchanged
     originals = {layer: adapter.weight_out_in(model, layer).detach().clone() for layer in layers}
@@ -173,7 +173,7 @@ def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0
         with torch.no_grad():  # never leave the shared model edited
             for layer, weight in originals.items():
                 adapter.weight_out_in(model, layer).copy_(weight)
-        model.to(model_dtype)
+        _restore_dtypes(model, dtypes)
         model.train(was_training)
 
     metadata = {
@@ -183,6 +183,20 @@ def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0
         "model_family": adapter.family, "dynamic_covariance": bool(c_acc), **creation_info(),
     }
     return EditResult(EditDelta(updates, metadata), s_kk, kept, [w.targets for w in workers])
+
+
+def _float_dtypes(model) -> dict[str, torch.dtype]:
+    """Each floating parameter's and buffer's dtype: models mix them (float32 rotary buffers in a
+    bfloat16 Llama), so one model-wide cast back would not restore the model."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    return {name: t.dtype for name, t in tensors if t.is_floating_point()}
+
+
+@torch.no_grad()
+def _restore_dtypes(model, dtypes: dict[str, torch.dtype]) -> None:
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if name in dtypes and t.dtype != dtypes[name]:
+            t.data = t.data.to(dtypes[name])
 
 
 def _run_parallel(workers, layers, names, c0, c_acc, lam, aggregate):

@@ -74,7 +74,8 @@ def _labels(batch, n_rewriting: int, target_ids: list[int]) -> torch.Tensor:
 def compute_z(model, tok, adapter: ModelAdapter, hp: MemitHparams, request: EditRequest,
               templates: list[list[str]]) -> TargetResult:
     device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
+    # delta and Adam's state in at least float32 (as MEMIT): bfloat16 steps would round away
+    dtype = torch.promote_types(next(model.parameters()).dtype, torch.float32)
     target_ids = tok(request.target_new, add_special_tokens=False)["input_ids"]
     if not target_ids:
         raise ValueError(f"edit request {request.case_id!r}: target_new tokenises to nothing")
@@ -95,7 +96,7 @@ def compute_z(model, tok, adapter: ModelAdapter, hp: MemitHparams, request: Edit
         if "z_init" not in state:  # first pass: delta is zero, this is the unedited value
             state["z_init"] = hidden[0, lookup[0]].detach().clone()
         hidden = hidden.clone()
-        hidden[rows, lookup] = hidden[rows, lookup] + delta
+        hidden[rows, lookup] = (hidden[rows, lookup] + delta).to(hidden.dtype)
         return hidden
 
     losses = []
