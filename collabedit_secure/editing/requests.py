@@ -30,6 +30,8 @@ class EditRequest:
             raise _fail(case, f"prompt has a stray brace besides the '{{}}' slot: {self.prompt!r}")
         if not self.subject.strip():
             raise _fail(case, "subject is empty")
+        # Surrounding blanks would land in the prompt text but not in the subject's token span.
+        object.__setattr__(self, "subject", self.subject.strip())
         for name in ("target_new", "target_true"):
             value = getattr(self, name)
             if value is None:
@@ -44,7 +46,8 @@ class EditRequest:
     @classmethod
     def from_raw_prompt(cls, case_id, text: str, subject: str, target_new: str, target_true=None):
         """From a prompt that spells the subject out (zsRE's `src`): the subject becomes "{}"."""
-        if not subject.strip():
+        subject = subject.strip()
+        if not subject:
             raise _fail(case_id, "subject is empty")
         if subject not in text:
             raise _fail(case_id, f"subject {subject!r} does not occur in prompt {text!r}")

@@ -39,19 +39,17 @@ def encode(tok, texts: list[str], device) -> Batch:
 
 
 def subject_last_index(tok, template: str, subject: str) -> int:
-    """Index of the subject's last token in `template.format(subject)`, as MEMIT computes it.
+    """Index of the subject's last token in `template.format(subject)`.
 
-    The prefix's trailing space moves onto the subject word (" " + subject), and prefix, word and
-    suffix are tokenised separately. The prefix keeps special tokens (a BOS, if the tokenizer adds one).
+    The text up to the subject's end is tokenised as one string (CollabEdit v1.1's rule, spec 1.4),
+    with the special tokens the full prompt gets (a BOS, if the tokenizer adds one). MEMIT's rule
+    tokenises prefix and " " + subject separately; that agrees for byte-level BPE (GPT-2, GPT-J,
+    GPT-NeoX), but SentencePiece tokenizers (Llama, Mistral) give the lone word an extra "▁" token
+    and the index lands one past the subject.
     """
     if template.count("{}") != 1:
         raise ValueError(f"template must contain exactly one '{{}}': {template!r}")
+    if not subject.strip():
+        raise ValueError("subject is empty")
     prefix = template[: template.index("{}")]
-    word = subject.strip()
-    if prefix:
-        if prefix.endswith(" "):
-            prefix = prefix[:-1]
-        word = " " + word
-    prefix_len = len(tok(prefix)["input_ids"])
-    word_len = len(tok(word, add_special_tokens=False)["input_ids"])
-    return prefix_len + word_len - 1
+    return len(tok(prefix + subject)["input_ids"]) - 1

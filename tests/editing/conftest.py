@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from collabedit_secure.editing import EditRequest, MemitHparams
 
@@ -43,6 +43,20 @@ def make_tokenizer():
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>",
                                                 pad_token="<|endoftext|>")
     return fast
+
+
+def make_sentencepiece_style_tokenizer():
+    """The Llama-2 / Mistral tokenizer.json layout: "▁" prepended and for every space, a BOS, no
+    pre-tokenizer, so a word tokenised on its own gains a lone "▁" (what MEMIT's index rule trips on)."""
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    bpe.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")  # word-bounded merges
+    bpe.train_from_iterator(corpus(), trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"]))
+    bpe.pre_tokenizer = None
+    bpe.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Strip(" ", 1, 0)])
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bpe.token_to_id("<s>"))])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
+                                                pad_token="</s>", unk_token="<unk>")
 
 
 def tiny_config(family: str, vocab: int):

@@ -15,9 +15,13 @@ from collabedit_secure.editing import (
 from collabedit_secure.editing.context import generate_context_templates
 from collabedit_secure.editing.keys import compute_keys
 from collabedit_secure.editing.targets import TargetCache, compute_z
+from collabedit_secure.editing.tokens import subject_last_index
 from collabedit_secure.eval.nll import target_nll
 
-from .conftest import random_c0, tiny_hparams, tiny_model, tiny_requests
+from .conftest import (
+    RELATIONS, SUBJECTS, make_sentencepiece_style_tokenizer, random_c0, tiny_hparams, tiny_model,
+    tiny_requests,
+)
 
 FAMILIES = ["gpt2", "gptj", "gpt_neox", "llama", "mistral", "qwen2"]
 
@@ -158,6 +162,29 @@ def test_subject_index_same_under_left_and_right_padding(gpt2_f64, tok):
     assert torch.allclose(z_left, z_right, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["byte-level", "sentencepiece-style"])
+def test_subject_index_is_the_subjects_last_token(kind, tok):
+    tokenizer = tok if kind == "byte-level" else make_sentencepiece_style_tokenizer()
+    for context in ["{}", "Because of the long story. {}", "I. {}"]:
+        for relation in RELATIONS:
+            for subject in SUBJECTS:
+                template = context.format(relation)
+                text = template.format(subject)
+                subject_end = template.index("{}") + len(subject)
+                offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+                index = subject_last_index(tokenizer, template, subject)
+                start, end = offsets[index]  # the token holding the subject's last character
+                assert start < subject_end <= end, (kind, text, index, offsets)
+
+
+def test_request_subject_is_stripped_so_text_and_index_agree(tok):
+    request = EditRequest("c", "The mother tongue of {} is", " Danielle Darrieux ", "French")
+    assert request.subject == "Danielle Darrieux"
+    assert request.text() == "The mother tongue of Danielle Darrieux is"
+    raw = EditRequest.from_raw_prompt("c", "Where is Lyon located?", " Lyon ", "France")
+    assert (raw.prompt, raw.subject) == ("Where is {} located?", "Lyon")
+
+
 def test_context_templates_deterministic(gpt2_f64, tok):
     a = generate_context_templates(gpt2_f64, tok, seed=3, length_params=[[6, 5]])
     b = generate_context_templates(gpt2_f64, tok, seed=3, length_params=[[6, 5]])
@@ -173,6 +200,39 @@ def test_compute_z_raises_target_probability(gpt2_f64, tok):
     result = compute_z(gpt2_f64, tok, adapter, hp, request, [["{}"]])
     assert result.losses[-1] < result.losses[0] - 0.1, result.losses
     assert (result.z - result.z_init).norm() <= hp.clamp_norm_factor * result.z_init.norm() * (1 + 1e-9)
+
+
+def _half_precision_llama(tok):
+    """bfloat16 weights with float32 rotary buffers, as from_pretrained(dtype=torch.bfloat16) loads it."""
+    model = tiny_model("llama", tok)
+    for parameter in model.parameters():
+        parameter.data = parameter.data.to(torch.bfloat16)
+    return model
+
+
+@pytest.mark.parametrize("edit_dtype", ["float32", "float64"])
+def test_edit_leaves_a_mixed_precision_model_exactly_as_it_was(edit_dtype, tok):
+    model = _half_precision_llama(tok)
+    tensors = lambda: {n: t.clone() for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    before = tensors()
+    assert {t.dtype for t in before.values()} == {torch.bfloat16, torch.float32}
+    hp = tiny_hparams(edit_dtype=edit_dtype, v_num_grad_steps=2)
+    adapter = ModelAdapter.from_model(model, hp)
+    c0 = {l: random_c0(adapter.key_dim(model, l), l) for l in hp.layers}
+    edit(model, tok, [tiny_requests(1)], hp, c0, templates=[["{}"]])
+    after = tensors()
+    for name, value in before.items():
+        assert after[name].dtype == value.dtype and torch.equal(after[name], value), name
+
+
+def test_compute_z_optimises_delta_in_float32_on_a_bfloat16_model(tok):
+    model = _half_precision_llama(tok)
+    hp = tiny_hparams(v_num_grad_steps=5)
+    adapter = ModelAdapter.from_model(model, hp)
+    result = compute_z(model, tok, adapter, hp, tiny_requests(1)[0], [["{}"]])
+    delta = (result.z - result.z_init).float()
+    assert delta.norm() > 0
+    assert not torch.equal(delta, delta.to(torch.bfloat16).float()), "delta rounded to bfloat16 steps"
 
 
 def test_edit_lowers_target_nll(tok):
