@@ -147,7 +147,8 @@ def compute_stats(model: str, layers: list[int], corpus: str, out: Path, n_sampl
         stat: SecondMoment = layer_stats(loaded.model, loaded.tok, name, documents,
                                          max_length=hparams.mom2_max_length, batch_size=hparams.mom2_batch_size)
         # Named by the documents actually used, as MEMIT names its files by sample size.
-        written.append(export_memit_stats(stat, out / f"{name}_float32_mom2_{len(documents)}.npz"))
+        written.append(export_memit_stats(stat, out / f"{name}_float32_mom2_{len(documents)}.npz",
+                                          sample_size=len(documents)))
     return written
 
 

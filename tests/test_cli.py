@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from collabedit_secure.cli import main
@@ -211,6 +212,8 @@ def test_stats_exports_memit_layout(default_world, tmp_path):
     assert [f.name for f in files] == ["transformer.h.0.mlp.c_proj_float32_mom2_64.npz"]
     stat = import_memit_stats(files[0])
     assert stat.count > 64 and stat.mom2.shape[0] == stat.mom2.shape[1]
+    with np.load(files[0]) as raw:  # MEMIT's tally reads it back only with its sample_size argument
+        assert int(raw["sample_size"]) == 64
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -60,15 +61,23 @@ def _file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def export_memit_stats(stat: SecondMoment, path: str | Path, dtype=np.float32) -> Path:
-    """Write MEMIT's layout (what `CombinedStat(mom2=SecondMoment())` saves). MEMIT itself uses float32."""
+def export_memit_stats(stat: SecondMoment, path: str | Path, dtype=np.float32,
+                       sample_size: int | None = None) -> Path:
+    """Write MEMIT's layout (what `CombinedStat(mom2=SecondMoment())` saves). MEMIT itself uses float32.
+
+    MEMIT's `tally` also stores its `sample_size` argument and, reading a cached file back, compares
+    it (and fails on a file without it); pass the document count the file is named by.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_savez(path, **{
+    arrays = {
         "mom2.constructor": np.array(MEMIT_CONSTRUCTOR),
         "mom2.count": np.array(stat.count),
         "mom2.mom2": stat.mom2.numpy().astype(dtype),
-    })
+    }
+    if sample_size is not None:
+        arrays["sample_size"] = np.array(sample_size)
+    _atomic_savez(path, **arrays)
     return path
 
 
@@ -78,7 +87,7 @@ def import_memit_stats(path: str | Path) -> SecondMoment:
         with np.load(path, allow_pickle=False) as data:
             prefix = "mom2." if "mom2.mom2" in data else ""
             mom2, count = data[prefix + "mom2"], data[prefix + "count"]
-    except (OSError, ValueError, KeyError, EOFError) as err:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         raise CorruptStatsError(f"{path}: not a readable MEMIT second-moment file ({err})") from err
     if mom2.ndim != 2 or mom2.shape[0] != mom2.shape[1]:
         raise CorruptStatsError(f"{path}: mom2 has shape {mom2.shape}, expected square")
@@ -149,7 +158,7 @@ class StatsCache:
         try:
             with np.load(self.partial, allow_pickle=False) as data:
                 acc, count, position = data["mom2"], int(data["count"]), int(data["position"])
-        except (OSError, ValueError, KeyError, EOFError) as err:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             log.warning("ignoring unreadable partial statistics %s (%s)", self.partial, err)
             return None
         if acc.shape != (d, d):

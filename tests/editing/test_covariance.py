@@ -62,13 +62,30 @@ def test_resume_after_interruption_equals_uninterrupted(gpt2_f64, tok, tmp_path)
     assert resumed.count == whole.count and torch.equal(resumed.mom2, whole.mom2)
 
 
+def test_truncated_checkpoint_is_ignored(gpt2_f64, tok, tmp_path):
+    def stop_at_third(position):
+        if position >= 24:
+            raise Interrupted
+
+    whole = stats(gpt2_f64, tok, tmp_path / "a")
+    with pytest.raises(Interrupted):
+        stats(gpt2_f64, tok, tmp_path / "b", checkpoint_every=2, on_batch=stop_at_third)
+    (partial,) = (tmp_path / "b" / "stats").glob("*.partial.npz")
+    partial.write_bytes(partial.read_bytes()[:300])  # damaged on disk: zip magic, no directory
+    positions = []
+    again = stats(gpt2_f64, tok, tmp_path / "b", checkpoint_every=2, on_batch=positions.append)
+    assert positions[0] < 24  # started over
+    assert again.count == whole.count and torch.equal(again.mom2, whole.mom2)
+
+
 def test_memit_npz_round_trip(tmp_path):
     mom2 = torch.randn(6, 6, dtype=torch.float64)
     stat = SecondMoment(mom2 @ mom2.T, 17)
-    path = export_memit_stats(stat, tmp_path / "transformer.h.1.mlp.c_proj_float32_mom2_100000.npz")
-    with np.load(path) as raw:  # MEMIT's CombinedStat(mom2=SecondMoment()) keys
-        assert set(raw.files) == {"mom2.constructor", "mom2.count", "mom2.mom2"}
-        assert raw["mom2.mom2"].dtype == np.float32
+    path = export_memit_stats(stat, tmp_path / "transformer.h.1.mlp.c_proj_float32_mom2_100000.npz",
+                              sample_size=100000)
+    with np.load(path) as raw:  # MEMIT's CombinedStat(mom2=SecondMoment()) keys + tally's argument
+        assert set(raw.files) == {"mom2.constructor", "mom2.count", "mom2.mom2", "sample_size"}
+        assert raw["mom2.mom2"].dtype == np.float32 and int(raw["sample_size"]) == 100000
     back = import_memit_stats(path)
     assert back.count == 17 and torch.allclose(back.mom2, stat.mom2, rtol=1e-6)
     np.savez(tmp_path / "bare.npz", mom2=np.eye(3, dtype=np.float32), count=np.array(3))
@@ -76,6 +93,9 @@ def test_memit_npz_round_trip(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(CorruptStatsError, match="junk.npz"):
         import_memit_stats(tmp_path / "junk.npz")
+    (tmp_path / "cut.npz").write_bytes(path.read_bytes()[:200])  # a download cut short: zip magic, no directory
+    with pytest.raises(CorruptStatsError, match="cut.npz"):
+        import_memit_stats(tmp_path / "cut.npz")
 
 
 @pytest.mark.parametrize("mom2, count, message", [
