@@ -6,9 +6,12 @@ stores it as a Conv1D of shape (in, out), so an update computed as (out, in) is 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,13 +94,14 @@ class ModelAdapter:
     def from_model(cls, model: torch.nn.Module, hparams=None) -> "ModelAdapter":
         overrides = hparams.module_overrides() if hparams is not None else None
         adapter = cls.from_config(model.config, overrides)
-        adapter = adapter._resolve_lm_head(model)
+        adapter = adapter._resolve_lm_head(model, explicit=bool(overrides and overrides.get("lm_head")))
         adapter.check(model)
         return adapter
 
-    def _resolve_lm_head(self, model) -> "ModelAdapter":
+    def _resolve_lm_head(self, model, explicit: bool = False) -> "ModelAdapter":
         """Module names move between transformers versions (GPT-NeoX `embed_out` is `lm_head` in 5.x):
-        fall back to the model's own output embeddings when the template does not resolve."""
+        fall back to the model's own output embeddings when the template does not resolve, and say so
+        when the name came from the hparams (a typo there should not pass unseen)."""
         try:
             model.get_submodule(self.templates.lm_head)
             return self
@@ -106,6 +110,9 @@ class ModelAdapter:
             name = next((n for n, m in model.named_modules() if m is head), None)
             if name is None:
                 return self
+            if explicit:
+                log.warning("hparams lm_head_module %r is not in this model; using its output embeddings %r",
+                            self.templates.lm_head, name)
             return replace(self, templates=replace(self.templates, lm_head=name))
 
     def check(self, model: torch.nn.Module) -> None:

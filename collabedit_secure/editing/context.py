@@ -52,6 +52,7 @@ def check_templates(templates) -> list[list[str]]:
         raise ValueError("context templates must be a non-empty list of non-empty groups")
     for group in templates:
         for template in group:
-            if not isinstance(template, str) or template.count("{}") != 1 or template.replace("{}", "").count("{"):
+            if (not isinstance(template, str) or template.count("{}") != 1
+                    or any(brace in template.replace("{}", "") for brace in "{}")):
                 raise ValueError(f"context template must contain exactly one '{{}}' and no other brace: {template!r}")
     return [list(group) for group in templates]

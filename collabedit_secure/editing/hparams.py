@@ -17,6 +17,23 @@ EASYEDIT_ONLY_KEYS = frozenset(
 )
 SUPPORTED_FACT_TOKENS = ("subject_last",)
 _FLOAT_FIELDS = ("v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor", "mom2_update_weight")
+_INT_FIELDS = ("v_loss_layer", "v_num_grad_steps", "mom2_n_samples", "context_template_seed", "mom2_batch_size",
+               "mom2_max_length")
+
+
+def _as_int(name: str, value):
+    """An integer, also from YAML 1.1's strings and floats ("1e5", 100000.0); never a bool or 2.5."""
+    if value is None and name == "mom2_max_length":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        number = float(value) if isinstance(value, (str, float)) else None
+    except ValueError:
+        number = None
+    if number is None or not number.is_integer():
+        raise HparamsError(f"{name} must be an integer, got {value!r}")
+    return int(number)
 
 
 class HparamsError(ValueError):
@@ -45,7 +62,7 @@ class MemitHparams:
     lm_head_module: str | None = None
     mom2_dataset: str = "wikipedia"
     mom2_n_samples: int = 100000
-    mom2_dtype: str = "float32"
+    mom2_dtype: str = "float32"  # read for MEMIT-file compatibility; C0 always accumulates in float64
     # Ours: MEMIT leaves templates unseeded; a federation needs them reproducible.
     context_template_seed: int = 0
     context_template_length_params: list[list[int]] = field(default_factory=lambda: [[10, 5]])
@@ -64,6 +81,8 @@ class MemitHparams:
                 setattr(self, name, float(value))
             except (TypeError, ValueError):
                 raise HparamsError(f"{name} must be a number, got {value!r}") from None
+        for name in _INT_FIELDS:
+            setattr(self, name, _as_int(name, getattr(self, name)))
         self.validate()
 
     def validate(self) -> None:
@@ -90,8 +109,12 @@ class MemitHparams:
             raise HparamsError(f"mom2_dtype must be a float dtype name, got {self.mom2_dtype!r}")
         if self.edit_dtype not in ("float32", "float64"):
             raise HparamsError(f"edit_dtype must be float32 or float64, got {self.edit_dtype!r}")
-        for pair in self.context_template_length_params:
-            if len(pair) != 2 or pair[0] < 1 or pair[1] < 0 or pair[1] % 5:
+        pairs = self.context_template_length_params
+        if not isinstance(pairs, list) or not all(isinstance(p, (list, tuple)) for p in pairs):
+            raise HparamsError(f"context_template_length_params must be a list of [max_tokens, count] "
+                               f"pairs, e.g. [[10, 5]], got {pairs!r}")
+        for pair in pairs:
+            if len(pair) != 2 or not all(isinstance(v, int) for v in pair) or pair[0] < 1 or pair[1] < 0 or pair[1] % 5:
                 raise HparamsError(
                     "context_template_length_params entries are [max_tokens >= 1, count a multiple of 5 "
                     f"(one per seed prompt)], got {pair}"
@@ -120,6 +143,9 @@ class MemitHparams:
 
     @classmethod
     def from_dict(cls, data: dict) -> "MemitHparams":
+        algorithm = data.get("alg_name")
+        if algorithm is not None and str(algorithm).upper() != "MEMIT":
+            raise HparamsError(f"these are {algorithm} hyperparameters (alg_name), not MEMIT's")
         known = {f.name for f in dataclasses.fields(cls)}
         ignored = sorted(k for k in data if k in EASYEDIT_ONLY_KEYS and k not in known)
         unknown = sorted(k for k in data if k not in known and k not in EASYEDIT_ONLY_KEYS)

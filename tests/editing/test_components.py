@@ -124,6 +124,44 @@ def test_hparams_validation():
         tiny_hparams(edit_dtype="float16")
 
 
+@pytest.mark.parametrize("field, value, problem", [
+    ("v_num_grad_steps", "20", None),  # YAML strings that are integers are taken
+    ("mom2_n_samples", "1e5", None),  # YAML 1.1 reads 1e5 as a string
+    ("v_num_grad_steps", 2.5, "v_num_grad_steps must be an integer, got 2.5"),
+    ("v_loss_layer", True, "v_loss_layer must be an integer, got True"),
+    ("mom2_n_samples", "many", "mom2_n_samples must be an integer, got 'many'"),
+    ("context_template_length_params", [10, 5], r"list of \[max_tokens, count\] pairs"),
+    ("context_template_length_params", [[10.5, 5]], "max_tokens >= 1"),
+])
+def test_hparams_types_are_checked_on_arrival(field, value, problem):
+    if problem is None:
+        assert isinstance(getattr(tiny_hparams(**{field: value}), field), int)
+        return
+    with pytest.raises(HparamsError, match=problem):
+        tiny_hparams(**{field: value})
+
+
+def test_hparams_of_another_algorithm_are_refused():
+    with pytest.raises(HparamsError, match="ROME hyperparameters"):
+        MemitHparams.from_dict({"alg_name": "ROME", "layers": [5], "v_loss_layer": 47})
+    assert MemitHparams.from_dict({"alg_name": "memit", "layers": [5], "v_loss_layer": 47}).layers == [5]
+
+
+def test_a_misnamed_lm_head_is_replaced_loudly(tok, caplog):
+    model = tiny_model("gpt2", tok)
+    with caplog.at_level("WARNING", logger="collabedit_secure.editing.adapters"):
+        adapter = ModelAdapter.from_model(model, tiny_hparams(lm_head_module="transformer.wtee"))
+    assert adapter.templates.lm_head == "lm_head" and "transformer.wtee" in caplog.text
+
+
+def test_context_templates_with_a_stray_brace_are_refused():
+    from collabedit_secure.editing.context import check_templates
+
+    for template in ["Because of this } we. {}", "A { b. {}", "{} {}"]:
+        with pytest.raises(ValueError, match="exactly one"):
+            check_templates([["{}"], [template]])
+
+
 @pytest.mark.parametrize("prompt,subject,target,problem", [
     ("The capital of France is", "France", "Paris", "exactly one"),
     ("{} and {} are", "A", "B", "exactly one"),
