@@ -40,7 +40,14 @@ class EditDelta:
 
     @staticmethod
     def fingerprint(model, module_names) -> str:
+        """The edited weights' bytes (metadata `model_fingerprint`; `edited_fingerprint` after apply)."""
         return weights_digest(model, edited_weight_names(dict.fromkeys(module_names)))
+
+    @staticmethod
+    def base_digest(model) -> str:
+        """Every weight's bytes (metadata `base_weights_digest`): keys and targets depend on the
+        layers below and above the edited ones too."""
+        return weights_digest(model)
 
     def _stored_view(self, model, name: str) -> tuple[torch.nn.Parameter, torch.Tensor]:
         """The module's weight, and ΔW laid out like it."""
@@ -53,13 +60,25 @@ class EditDelta:
             )
         return module.weight, stored
 
+    def _check_modules(self, model) -> None:
+        missing = sorted(set(edited_weight_names(self.weights)) - set(model.state_dict()))
+        if missing:
+            raise DeltaMismatchError(f"the model has no {', '.join(missing)}: this delta is for another architecture")
+
     def _check_base(self, model) -> None:
+        self._check_modules(model)
         expected = self.metadata.get("model_fingerprint")
         actual = self.fingerprint(model, self.weights)
         if expected is not None and expected != actual:
             raise DeltaMismatchError(
                 f"model fingerprint {actual} differs from the one this delta was computed on ({expected}): "
                 "a delta only applies to the exact weights it was computed from"
+            )
+        expected = self.metadata.get("base_weights_digest")  # absent in deltas saved before it existed
+        if expected is not None and expected != self.base_digest(model):
+            raise DeltaMismatchError(
+                "the edited layers match, but other weights differ from the model this delta was computed "
+                "on (e.g. another edit applied since): a delta only applies to the exact weights it was computed from"
             )
 
     @torch.no_grad()
@@ -70,18 +89,25 @@ class EditDelta:
         before = {name: weight.detach().clone() for name, (weight, _) in views.items()}
         for weight, stored in views.values():
             weight += stored.to(weight.dtype, copy=False).to(weight.device)
-        self._originals[id(model)] = (before, self.fingerprint(model, self.weights))
+        edited = self.fingerprint(model, self.weights)
+        self._originals[id(model)] = (before, edited)
+        self.metadata["edited_fingerprint"] = edited  # saved with the delta: lets revert() recognise the model
 
     @torch.no_grad()
     def revert(self, model) -> None:
         """Undo apply(): restore the exact weights saved by apply() on this model object.
 
         A model this delta was not applied to in this process (e.g. an edited model loaded from
-        disk) gets ΔW subtracted instead, which restores it up to float rounding.
+        disk) gets ΔW subtracted instead, which restores it up to float rounding; it must be the
+        model apply() produced (`edited_fingerprint`), or at least not the unedited base.
         """
+        self._check_modules(model)
         record = self._originals.get(id(model))
-        if record is not None and self.fingerprint(model, self.weights) != record[1]:
+        current = self.fingerprint(model, self.weights)
+        if record is not None and current != record[1]:
             raise DeltaMismatchError("the edited weights changed since apply(); refusing to overwrite them")
+        if record is None:
+            self._check_edited(current)
         for name in self.weights:
             weight, stored = self._stored_view(model, name)
             if record is None:
@@ -89,6 +115,15 @@ class EditDelta:
             else:
                 weight.copy_(record[0][name])
         self._originals.pop(id(model), None)
+
+    def _check_edited(self, current: str) -> None:
+        edited = self.metadata.get("edited_fingerprint")
+        if edited is not None and current != edited:
+            raise DeltaMismatchError(f"model fingerprint {current} is not that of the model this delta "
+                                     f"edited ({edited}); refusing to subtract it")
+        if edited is None and current == self.metadata.get("model_fingerprint"):
+            raise DeltaMismatchError("the model holds the weights this delta was computed on: it is not "
+                                     "edited, so there is nothing to revert")
 
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)

@@ -147,7 +147,7 @@ def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0
     dims = {name: adapter.key_dim(model, layer) for name, layer in zip(names, layers)}
     c0 = _by_module(c0, adapter, layers, "C0", dims, required=True)
     c_acc = _by_module(c_acc, adapter, layers, "C_acc", dims, required=False)
-    base_fingerprint = EditDelta.fingerprint(model, names)
+    base_fingerprint, base_digest = EditDelta.fingerprint(model, names), EditDelta.base_digest(model)
     if templates is None:
         templates = generate_context_templates(model, tok, hparams.context_template_seed,
                                                hparams.context_template_length_params)
@@ -180,6 +180,7 @@ def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0
         "algorithm": "MEMIT", "schedule": schedule, "lambda": lam, "hparams": hparams.to_dict(),
         "context_templates": templates, "request_ids": [[str(r.case_id) for r in p] for p in parties],
         "stats_files": stats_files or {}, "model_fingerprint": base_fingerprint,
+        "base_weights_digest": base_digest,
         "model_family": adapter.family, "dynamic_covariance": bool(c_acc), **creation_info(),
     }
     return EditResult(EditDelta(updates, metadata), s_kk, kept, [w.targets for w in workers])

@@ -310,6 +310,36 @@ def test_delta_apply_revert_save_load(gpt2_f64, tok, tmp_path):
         delta.apply(other)
 
 
+def test_delta_applies_and_reverts_only_on_its_own_models(tok, tmp_path):
+    import copy
+
+    model = tiny_model("gpt2", tok, torch.float64)
+    base = copy.deepcopy(model)
+    adapter = ModelAdapter.from_model(model, tiny_hparams())
+    c0 = {l: random_c0(adapter.key_dim(model, l), l) for l in range(4)}
+    upper = edit(model, tok, [tiny_requests(2)], tiny_hparams(layers=[2, 3]), c0, templates=[["{}"]]).delta
+    lower = edit(model, tok, [tiny_requests(2)], tiny_hparams(layers=[0, 1]), c0, templates=[["{}"]]).delta
+    lower.apply(model)
+    with pytest.raises(DeltaMismatchError, match="other weights differ"):
+        upper.apply(model)  # its layers are untouched, but its keys came from the old layers 0-1
+    lower.revert(model)
+    upper.apply(model)
+    saved = EditDelta.load(upper.save(tmp_path / "upper"))  # records the edited weights' fingerprint
+    edited_elsewhere = copy.deepcopy(model)  # as if loaded from disk: apply() never saw this object
+    saved.revert(edited_elsewhere)
+    for name in upper.weights:
+        assert torch.allclose(edited_elsewhere.get_submodule(name).weight, base.get_submodule(name).weight)
+    with pytest.raises(DeltaMismatchError, match="is not that of the model this delta edited"):
+        saved.revert(base)
+    unrecorded = EditDelta(upper.weights, {k: v for k, v in upper.metadata.items() if k != "edited_fingerprint"})
+    with pytest.raises(DeltaMismatchError, match="nothing to revert"):
+        unrecorded.revert(base)
+    shallow = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok)))
+    for action in (saved.apply, saved.revert):
+        with pytest.raises(DeltaMismatchError, match=r"no transformer\.h\.2\.mlp\.c_proj\.weight"):
+            action(shallow)
+
+
 def test_target_cache_reuses_z_only_for_identical_weights_templates_and_hparams(tok):
     model = tiny_model("gpt2", tok, torch.float64)
     hp = tiny_hparams()
