@@ -4,7 +4,7 @@
     collabedit stats --model M --layers 1 2 3 [--corpus world|PATH] --out DIR
     collabedit edit --model M --requests FILE --schedule parallel|sequential --out DIR
     collabedit simulate --parties N --edits-per-party M --rounds R --schedule S --methods ... --json OUT
-    collabedit eval --model M --dataset PATH --json OUT
+    collabedit eval --model M --dataset PATH [--round-prompts FILE] --json OUT
     collabedit bench kernels [--quick] --json OUT
 
 M is a local HF model directory, a hub name, or `default` (the embedded world model).
@@ -124,7 +124,9 @@ def _simulate(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from .pipeline import run_eval
 
-    summary = run_eval(args.model, Path(args.dataset), Path(args.json), fluency=not args.no_fluency)
+    round_prompts = Path(args.round_prompts) if args.round_prompts else None
+    summary = run_eval(args.model, Path(args.dataset), Path(args.json), fluency=not args.no_fluency,
+                       round_prompts=round_prompts)
     print(json.dumps(summary, indent=2))
 
 
@@ -198,10 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--json", type=output_file, help="write the results JSON here")
     sim.set_defaults(handler=_simulate)
 
-    ev = commands.add_parser("eval", help="evaluate a model on a CounterFact or zsRE file")
+    ev = commands.add_parser("eval", help="evaluate a model on a CounterFact, zsRE or conflict file")
     ev.add_argument("--model", required=True, help="HF directory, hub name, or 'default'")
     ev.add_argument("--dataset", required=True, type=existing_file,
                     help="CounterFact, MultiCounterFact, zsRE or conflict JSON (format detected from the records)")
+    ev.add_argument("--round-prompts", type=existing_file,
+                    help="conflict datasets only: round_prompts.json, the relation probes of the conflict "
+                         "metrics (p_conf vs p_obj on each relation's prompts)")
     ev.add_argument("--no-fluency", action="store_true", help="skip generation-based fluency (CounterFact)")
     ev.add_argument("--json", required=True, type=output_file, help="write the per-case report here")
     ev.set_defaults(handler=_eval)

@@ -208,15 +208,49 @@ def run_edit(model: str, requests_path: Path, schedule: str, out: Path, hparams_
     return out
 
 
-def run_eval(model: str, dataset: Path, json_out: Path, fluency: bool = True) -> dict:
-    """`collabedit eval`: metrics of a model on a CounterFact/zsRE/conflict file."""
-    from .eval.datasets import check_dataset, load_dataset
+EDIT_META_KEYS = ("schedule", "n_requests", "base_model", "model_fingerprint")
+
+
+def edit_summary(model: str) -> dict | None:
+    """What `collabedit edit` recorded about an edited model directory, for the eval report; else None."""
+    from .eval.datasets import read_json
+
+    path = Path(model) / "edit_meta.json"
+    if model == DEFAULT_MODEL or not path.is_file():
+        return None
+    meta = read_json(path)
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object, got a JSON {type(meta).__name__}")
+    summary = {key: meta[key] for key in EDIT_META_KEYS if meta.get(key) is not None}
+    hparams = meta.get("hparams")
+    if isinstance(hparams, dict) and "layers" in hparams:
+        summary["layers"] = hparams["layers"]
+    delta_meta = Path(model) / "delta" / "metadata.json"  # the delta names its algorithm; edit_meta does not
+    delta = read_json(delta_meta) if delta_meta.is_file() else {}
+    if isinstance(delta, dict) and delta.get("algorithm"):
+        summary["method"] = delta["algorithm"]
+    return summary
+
+
+def run_eval(model: str, dataset: Path, json_out: Path, fluency: bool = True, round_prompts: Path | None = None,
+             seed: int = 0, max_out_len: int = 100) -> dict:
+    """`collabedit eval`: metrics of a model on a CounterFact/zsRE/conflict file.
+
+    `round_prompts` (conflict files only): the relation probes of spec 2.9. Everything checkable without
+    the model (dataset, round prompts, edit_meta.json) is checked before it loads.
+    """
+    from .eval.datasets import check_dataset, load_dataset, prefixed_errors
     from .eval.report import evaluate_dataset, write_report
 
-    check_dataset(dataset)
+    check_dataset(dataset, fluency=fluency, round_prompts=round_prompts)
+    edit = edit_summary(model)
     loaded = load_model(model)
-    kind, records = load_dataset(dataset, loaded.tok)
-    per_case, summary = evaluate_dataset(loaded.model, loaded.tok, records, kind=kind, fluency=fluency)
-    write_report(json_out, per_case, summary,
-                 {"model": loaded.name, "dataset": str(dataset), "kind": kind, "n_records": len(records)})
+    kind, records = load_dataset(dataset, loaded.tok, round_prompts)
+    fluency = fluency and kind == "counterfact"  # only CounterFact has generation prompts
+    per_case, summary = prefixed_errors(dataset, lambda: evaluate_dataset(
+        loaded.model, loaded.tok, records, kind=kind, fluency=fluency, max_out_len=max_out_len, seed=seed))
+    meta = {"model": loaded.name, "dataset": str(dataset), "kind": kind, "n_records": len(records),
+            "round_prompts": str(round_prompts) if round_prompts is not None else None, "edit": edit,
+            "fluency": {"seed": seed, "max_out_len": max_out_len} if fluency else None}
+    write_report(json_out, per_case, summary, meta)
     return summary

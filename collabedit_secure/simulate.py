@@ -68,7 +68,7 @@ class SimulationConfig:
         if self.dataset is not None:
             from .eval.datasets import check_dataset
 
-            kind = check_dataset(self.dataset)
+            kind = check_dataset(self.dataset, fluency=self.fluency)  # fail now, not after the edits
             if kind != "counterfact":
                 raise ValueError(f"simulate needs a CounterFact-format dataset; {self.dataset} is {kind}")
 

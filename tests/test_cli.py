@@ -287,3 +287,111 @@ def test_version_is_the_installed_distribution_s(capsys):
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"collabedit {version('collabedit-secure')}"
+
+
+def test_eval_conflict_with_round_prompts_reports_the_probe(default_world, shared_data, tmp_path):
+    conflict = tmp_path / "conflict.json"
+    conflict.write_text(json.dumps(json.loads((shared_data / "conflict/easy_conflict_1000_p1.json").read_text())[:4]))
+    rounds = shared_data / "conflict/round_prompts.json"
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", "default", "--dataset", str(conflict), "--round-prompts", str(rounds),
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["meta"]["kind"] == "conflict" and report["meta"]["round_prompts"] == str(rounds)
+    assert 0.0 <= report["summary"]["probe_conflict_wins"] <= 100.0
+    assert report["summary"]["probe_conflict_gap"] is not None
+    assert all(case["probe_p_conf"] is not None for case in report["cases"])
+
+
+def _cf(**changes):
+    record = {"case_id": 0, "requested_rewrite": {"prompt": "{} is", "subject": "x", "target_new": {"str": "a"},
+                                                  "target_true": {"str": "b"}},
+              "paraphrase_prompts": ["x is"], "neighborhood_prompts": ["y is"], "generation_prompts": ["x"]}
+    return json.dumps([{**record, **changes}])
+
+
+def test_simulate_wants_generation_prompts_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    import collabedit_secure.simulate as simulate
+
+    monkeypatch.setattr(simulate, "load_model", lambda *a, **k: pytest.fail("model loaded before the check"))
+    dataset = tmp_path / "cf.json"
+    dataset.write_text(_cf(generation_prompts=[]))
+    assert main(["simulate", "--dataset", str(dataset), "--json", str(tmp_path / "o.json")]) == 2
+    assert "skip fluency with --no-fluency" in capsys.readouterr().err
+
+
+def _zsre(**changes):
+    record = {"subject": "Zed", "src": "Who made Zed?", "rephrase": "Who built Zed?", "answers": ["A"],
+              "loc": "nq question: q", "loc_ans": "a"}
+    return json.dumps([{**record, **changes}])
+
+
+def _conflict(new_object):
+    return json.dumps([{"edit": {"relation": {"id": "P1", "prompt": "{} is"}, "subject": {"label": "x"},
+                                 "new_object": new_object, "object": {"label": "b"},
+                                 "conflict_object": {"label": "c"}}, "true_objects": []}])
+
+
+EVAL_BAD_INPUTS = {  # dataset text (or bytes), extra arguments, expected message
+    "round prompts for counterfact": (_cf(), ["--round-prompts", "{rounds}"],
+                                      "round prompts only apply to conflict datasets, and this one is counterfact"),
+    "conflict empty new_object": (_conflict(""), [], "conflict record 0: field 'edit.new_object' is empty"),
+    "counterfact empty subject": (_cf(requested_rewrite={"prompt": "{} is", "subject": "", "target_new": {"str": "a"},
+                                                         "target_true": {"str": "b"}}), [],
+                                  "record 0 (case_id 0): field 'requested_rewrite.subject' is empty"),
+    "counterfact empty paraphrase": (_cf(paraphrase_prompts=[""]), [], "paraphrase_prompts[0] is an empty prompt"),
+    "counterfact empty neighbour": (_cf(neighborhood_prompts=[" "]), [], "neighborhood_prompts[0] is an empty prompt"),
+    "no generation prompts under fluency": (_cf(generation_prompts=[]), [],
+                                            "no 'generation_prompts', which fluency samples from (skip fluency "
+                                            "with --no-fluency)"),
+    "zsre empty rephrase": (_zsre(rephrase=""), [], "zsRE record 0: field 'rephrase' is empty"),
+    "zsre empty subject": (_zsre(subject=""), [], "zsRE record 0: field 'subject' is empty"),
+    "zsre subject twice": (_zsre(src="Zed made Zed?"), [], "subject 'Zed' occurs 2 times in src 'Zed made Zed?'"),
+    "not utf-8": ('[{"src": "café"}]'.encode("latin-1"), [], "not UTF-8 text"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EVAL_BAD_INPUTS))
+def test_eval_rejects_bad_input_before_the_model_loads(case, shared_data, tmp_path, capsys, monkeypatch):
+    import collabedit_secure.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("model loaded before the check"))
+    content, extra, expected = EVAL_BAD_INPUTS[case]
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(content if isinstance(content, bytes) else content.encode())
+    extra = [a.format(rounds=shared_data / "conflict/round_prompts.json") for a in extra]
+    out = tmp_path / "o.json"
+    assert main(["eval", "--model", "default", "--dataset", str(bad), *extra, "--json", str(out)]) == 2
+    assert f"collabedit: error: {bad}: " in (err := capsys.readouterr().err) and expected in err
+    assert not out.exists()
+
+
+def test_eval_rejects_a_corrupt_edit_meta_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import collabedit_secure.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("model loaded before the check"))
+    (tmp_path / "edit_meta.json").write_text("{")
+    dataset = tmp_path / "data.json"
+    dataset.write_text(_cf())
+    assert main(["eval", "--model", str(tmp_path), "--dataset", str(dataset), "--json", str(tmp_path / "o.json")]) == 2
+    assert f"{tmp_path / 'edit_meta.json'}: not valid JSON" in capsys.readouterr().err
+
+
+def test_eval_report_records_the_edit_and_the_fluency_settings(default_world, tmp_path):
+    requests = tmp_path / "requests.json"
+    requests.write_text(json.dumps(default_world.records[:2]))
+    edited = tmp_path / "edited"
+    assert main(["edit", "--model", "default", "--requests", str(requests), "--schedule", "parallel",
+                 "--out", str(edited)]) == 0
+    edit_meta = json.loads((edited / "edit_meta.json").read_text())
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(edited), "--dataset", str(requests), "--json", str(out)]) == 0
+    meta = json.loads(out.read_text())["meta"]
+    assert meta["edit"] == {"schedule": "parallel", "n_requests": 2, "base_model": edit_meta["base_model"],
+                            "model_fingerprint": edit_meta["model_fingerprint"],
+                            "layers": edit_meta["hparams"]["layers"], "method": "MEMIT"}
+    assert meta["edit"]["base_model"].startswith("default (") and meta["edit"]["model_fingerprint"]
+    assert meta["fluency"] == {"seed": 0, "max_out_len": 100}
+    assert main(["eval", "--model", "default", "--dataset", str(requests), "--no-fluency", "--json", str(out)]) == 0
+    meta = json.loads(out.read_text())["meta"]
+    assert meta["edit"] is None and meta["fluency"] is None and meta["round_prompts"] is None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from collabedit_secure.eval.datasets import validate_counterfact_records
+from collabedit_secure.eval.datasets import require_generation_prompts, validate_counterfact_records
 from collabedit_secure.eval.fluency import generate_texts, ngram_entropy
 from collabedit_secure.eval.nll import target_nll
 
@@ -121,6 +121,8 @@ def evaluate_counterfact(
 ) -> tuple[list[dict], dict]:
     """Per-record metrics and their summary for CounterFact-schema records."""
     records = validate_counterfact_records(records)
+    if fluency:  # before the scoring, not after minutes of it
+        require_generation_prompts(records)
     per_case = []
     for record, pairs in zip(records, counterfact_nll_pairs(model, tok, records, batch_size)):
         metrics = record_metrics(pairs["rewrite"], pairs["paraphrase"], pairs["neighborhood"])
@@ -141,9 +143,7 @@ def _request_summary(record: dict) -> dict:
 
 def add_fluency(model, tok, records, per_case, max_out_len=100, seed=0, batch_size=128) -> None:
     """Generate from every record's generation prompts in one batched run; add ngram_entropy per case."""
-    missing = [r["case_id"] for r in records if not r["generation_prompts"]]
-    if missing:
-        raise ValueError(f"fluency needs generation_prompts; case_ids without any: {missing[:10]}")
+    require_generation_prompts(records)
     prompts = [p for r in records for p in r["generation_prompts"]]
     texts = generate_texts(model, tok, prompts, max_out_len=max_out_len, seed=seed, batch_size=batch_size)
     start = 0

@@ -21,14 +21,21 @@ class DatasetFormatError(ValueError):
     """A dataset file or record does not have the expected schema."""
 
 
-def read_json_list(path) -> list:
+def read_json(path):
+    """A JSON file's content; every failure names the file."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DatasetFormatError(f"{path}: no such file") from None
+    except UnicodeDecodeError as err:
+        raise DatasetFormatError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     except json.JSONDecodeError as err:
         raise DatasetFormatError(f"{path}: not valid JSON ({err})") from None
+
+
+def read_json_list(path) -> list:
+    data = read_json(path)
     if not isinstance(data, list):
         raise DatasetFormatError(f"{path}: expected a JSON list of records, got a JSON {type(data).__name__}")
     if not data:
@@ -48,12 +55,20 @@ def _field(record, path: str, where: str, kind=str):
     return value
 
 
+def _text(record, path: str, where: str) -> str:
+    """A string field that must not be blank (a blank subject, target or prompt means nothing to score)."""
+    value = _field(record, path, where)
+    if not value.strip():
+        raise DatasetFormatError(f"{where}: field {path!r} is empty")
+    return value
+
+
 def _kind_name(kind) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join(k.__name__ for k in kinds)
 
 
-def _where(index: int, record) -> str:
+def record_label(index: int, record) -> str:
     case = record.get("case_id") if isinstance(record, dict) else None
     return f"record {index}" + (f" (case_id {case})" if case is not None else "")
 
@@ -72,7 +87,15 @@ def _string_list(record, key: str, where: str, required: bool) -> list[str]:
     values = record[key]
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise DatasetFormatError(f"{where}: field {key!r} must be a list of strings")
+    _no_blank(values, key, where)
     return values
+
+
+def _no_blank(prompts: list[str], key: str, where: str) -> None:
+    # A blank prompt tokenises to nothing (or to one space): there is no position to score from.
+    for i, prompt in enumerate(prompts):
+        if not prompt.strip():
+            raise DatasetFormatError(f"{where}: {key}[{i}] is an empty prompt")
 
 
 def validate_counterfact_records(records: list) -> list[dict]:
@@ -80,23 +103,23 @@ def validate_counterfact_records(records: list) -> list[dict]:
 
     Required: integer case_id (unique), requested_rewrite.{prompt, subject, target_new.str,
     target_true.str}, paraphrase_prompts, neighborhood_prompts. attribute_prompts and
-    generation_prompts default to [] (fluency needs the latter).
+    generation_prompts default to [] (fluency needs the latter, see `require_generation_prompts`).
+    Subjects, targets and prompts must not be blank.
     """
     seen: dict[int, int] = {}
     out = []
     for index, record in enumerate(records):
-        where = _where(index, record)
+        where = record_label(index, record)
         if not isinstance(record, dict):
             raise DatasetFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
         case_id = _field(record, "case_id", where, int)
         if case_id in seen:
             raise DatasetFormatError(f"{where}: duplicate case_id {case_id} (also record {seen[case_id]})")
         seen[case_id] = index
-        for path in ("requested_rewrite.prompt", "requested_rewrite.subject"):
-            _field(record, path, where)
-        for path in ("requested_rewrite.target_new.str", "requested_rewrite.target_true.str"):
-            if not _field(record, path, where).strip():
-                raise DatasetFormatError(f"{where}: field {path!r} is empty")
+        _field(record, "requested_rewrite.prompt", where)
+        for path in ("requested_rewrite.subject", "requested_rewrite.target_new.str",
+                     "requested_rewrite.target_true.str"):
+            _text(record, path, where)
         _check_prompt_template(record["requested_rewrite"]["prompt"], where)
         clean = dict(record)
         clean["paraphrase_prompts"] = _string_list(record, "paraphrase_prompts", where, required=True)
@@ -121,10 +144,19 @@ def _neighborhood(record, where: str) -> list:
         raise DatasetFormatError(
             f"{where}: field 'neighborhood_prompts' must be a list of strings or of {{'prompt', 'target'}} objects"
         )
+    _no_blank([v if isinstance(v, str) else v["prompt"] for v in values], "neighborhood_prompts", where)
     return values
 
 
-def _prefixed_errors(path, build):
+def require_generation_prompts(records: list[dict]) -> None:
+    """Fluency samples from every record's generation_prompts: check they exist before any scoring."""
+    for index, record in enumerate(records):
+        if not record.get("generation_prompts"):
+            raise DatasetFormatError(f"{record_label(index, record)}: no 'generation_prompts', which fluency "
+                                     "samples from (skip fluency with --no-fluency)")
+
+
+def prefixed_errors(path, build):
     # Errors from inside a record name the file too, so a person knows where to look.
     try:
         return build()
@@ -136,23 +168,21 @@ def _prefixed_errors(path, build):
 
 def load_counterfact(path) -> list[dict]:
     """CounterFact or MultiCounterFact JSON (a list of records), validated."""
-    return _prefixed_errors(path, lambda: validate_counterfact_records(read_json_list(path)))
+    return prefixed_errors(path, lambda: validate_counterfact_records(read_json_list(path)))
 
 
 def _zsre_fields(index: int, record: dict) -> tuple[str, str, str, list, str, str, str]:
     """A zsRE record's fields, validated (everything that needs no tokenizer)."""
     where = f"zsRE record {index}"
-    subject = _field(record, "subject", where)
-    src = _field(record, "src", where)
-    rephrase = _field(record, "rephrase", where)
+    subject, src, rephrase, loc, loc_ans = (_text(record, key, where) for key in
+                                            ("subject", "src", "rephrase", "loc", "loc_ans"))
     answers = _field(record, "answers", where, list)
-    loc = _field(record, "loc", where)
-    loc_ans = _field(record, "loc_ans", where)
     if not answers or not isinstance(answers[0], str) or not answers[0].strip():
         raise DatasetFormatError(
             f"{where}: field 'answers' must be a non-empty list of strings, the first one not blank")
-    if subject not in src:
-        raise DatasetFormatError(f"{where}: subject {subject!r} does not occur in src {src!r}")
+    if src.count(subject) != 1:  # MEMIT replaces every occurrence by "{}": the prompt needs exactly one
+        found = "does not occur" if subject not in src else f"occurs {src.count(subject)} times"
+        raise DatasetFormatError(f"{where}: subject {subject!r} {found} in src {src!r}; it must occur once")
     if not loc.startswith(NQ_PREFIX):
         raise DatasetFormatError(f"{where}: loc {loc!r} must start with {NQ_PREFIX!r}")
     prompt = src.replace(subject, "{}")
@@ -190,7 +220,7 @@ def load_zsre(path, tok) -> list[dict]:
     """zsRE (MEND eval split) JSON; `tok` splits loc_ans into the per-token neighbourhood prompts."""
     if tok is None:
         raise DatasetFormatError(f"{path}: zsRE records need a tokenizer to build neighbourhood prompts")
-    return _prefixed_errors(path, lambda: [zsre_record(i, r, tok) for i, r in enumerate(read_json_list(path))])
+    return prefixed_errors(path, lambda: [zsre_record(i, r, tok) for i, r in enumerate(read_json_list(path))])
 
 
 def conflict_record(index: int, record: dict, round_prompts: dict | None = None) -> dict:
@@ -203,10 +233,8 @@ def conflict_record(index: int, record: dict, round_prompts: dict | None = None)
     where = f"conflict record {index}"
     relation_id = _field(record, "edit.relation.id", where)
     prompt = _field(record, "edit.relation.prompt", where)
-    subject = _field(record, "edit.subject.label", where)
-    new_object = _field(record, "edit.new_object", where)
-    true_object = _field(record, "edit.object.label", where)
-    conflict_object = _field(record, "edit.conflict_object.label", where)
+    subject, new_object, true_object, conflict_object = (_text(record, path, where) for path in (
+        "edit.subject.label", "edit.new_object", "edit.object.label", "edit.conflict_object.label"))
     true_objects = _field(record, "true_objects", where, list)
     _check_prompt_template(prompt, where)
     probes = []
@@ -237,7 +265,7 @@ def conflict_record(index: int, record: dict, round_prompts: dict | None = None)
 def load_round_prompts(path) -> dict[str, list[str]]:
     """CollabEdit's round_prompts.json: {relation_id: [templates with one "{}"]}."""
     path = Path(path)
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_json(path)
     if not isinstance(data, dict):
         raise DatasetFormatError(f"{path}: expected a JSON object {{relation_id: [prompts]}}")
     for relation, templates in data.items():
@@ -253,7 +281,7 @@ def load_conflict(path, round_prompts=None) -> list[dict]:
     if round_prompts is not None and not isinstance(round_prompts, dict):
         round_prompts = load_round_prompts(round_prompts)
     records = read_json_list(path)
-    return _prefixed_errors(path, lambda: [conflict_record(i, r, round_prompts) for i, r in enumerate(records)])
+    return prefixed_errors(path, lambda: [conflict_record(i, r, round_prompts) for i, r in enumerate(records)])
 
 
 def detect_format(records: list) -> str:
@@ -274,27 +302,46 @@ def detect_format(records: list) -> str:
     )
 
 
-def check_dataset(path) -> str:
-    """Validate a dataset file without a model (so bad input fails before weights load); its format."""
+def check_dataset(path, fluency: bool = False, round_prompts=None) -> str:
+    """Validate a dataset file without a model (so bad input fails before weights load); its format.
+
+    `fluency`: CounterFact records must have generation prompts. `round_prompts` (a path): only for
+    conflict files, and every record's relation must have probe prompts there.
+    """
     records = read_json_list(path)
-    kind = _prefixed_errors(path, lambda: detect_format(records))
+    kind = prefixed_errors(path, lambda: detect_format(records))
+    _only_conflict_has_rounds(path, kind, round_prompts)
+    rounds = load_round_prompts(round_prompts) if round_prompts is not None else None
+
+    def counterfact():
+        checked = validate_counterfact_records(records)
+        if fluency:
+            require_generation_prompts(checked)
+
     validate = {
-        "counterfact": lambda: validate_counterfact_records(records),
+        "counterfact": counterfact,
         "zsre": lambda: [_zsre_fields(i, r) for i, r in enumerate(records)],
-        "conflict": lambda: [conflict_record(i, r) for i, r in enumerate(records)],
+        "conflict": lambda: [conflict_record(i, r, rounds) for i, r in enumerate(records)],
     }[kind]
-    _prefixed_errors(path, validate)
+    prefixed_errors(path, validate)
     return kind
 
 
-def load_dataset(path, tok=None) -> tuple[str, list[dict]]:
+def _only_conflict_has_rounds(path, kind: str, round_prompts) -> None:
+    if round_prompts is not None and kind != "conflict":
+        raise DatasetFormatError(f"{path}: round prompts only apply to conflict datasets, and this one is {kind}")
+
+
+def load_dataset(path, tok=None, round_prompts=None) -> tuple[str, list[dict]]:
     """Load any supported format, detected from content; returns (format name, records).
 
     The format name is what `evaluate_dataset(kind=...)` takes ('counterfact', 'zsre', 'conflict').
+    `round_prompts` (conflict files only) become each record's probe prompts, see `load_conflict`.
     """
-    kind = _prefixed_errors(path, lambda: detect_format(read_json_list(path)))
+    kind = prefixed_errors(path, lambda: detect_format(read_json_list(path)))
+    _only_conflict_has_rounds(path, kind, round_prompts)
     if kind == "counterfact":
         return kind, load_counterfact(path)
     if kind == "zsre":
         return kind, load_zsre(path, tok)
-    return kind, load_conflict(path)
+    return kind, load_conflict(path, round_prompts)

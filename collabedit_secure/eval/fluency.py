@@ -19,6 +19,8 @@ from collections.abc import Sequence
 import torch
 from nltk.tokenize import NLTKWordTokenizer
 
+from collabedit_secure.eval.nll import check_fits, context_limit, quoted
+
 _WORDS = NLTKWordTokenizer()
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -42,9 +44,12 @@ def generate_texts(
     if max_out_len < 1 or top_k < 1:
         raise ValueError(f"max_out_len and top_k must be positive, got {max_out_len} and {top_k}")
     encoded = [tok(prompt)["input_ids"] for prompt in prompts]
+    limit = context_limit(model)
+    check_fits(max_out_len, limit, "max_out_len (the length of each sample)")
     for prompt, ids in zip(prompts, encoded):
         if not ids:
             raise ValueError(f"generation prompt {prompt!r} tokenises to nothing")
+        check_fits(len(ids), limit, f"generation prompt {quoted(prompt)}")
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     generator = torch.Generator().manual_seed(seed)
     texts: list[str] = [""] * len(prompts)
@@ -69,6 +74,7 @@ def _sample_batch(model, tok, batch_ids, max_out_len, top_k, generator) -> list[
     sampled = []
     past, step_input, positions = None, input_ids, (attention.cumsum(-1) - 1).clamp(min=0)
     cache_arg, extra = _forward_options(model)
+    last_position = (context_limit(model) or 2**62) - 1
     for _ in range(steps):
         out = model(
             input_ids=step_input.to(device),
@@ -82,7 +88,9 @@ def _sample_batch(model, tok, batch_ids, max_out_len, top_k, generator) -> list[
         next_token = _top_k_sample(out.logits[:, -1, :].float().cpu(), top_k, generator)
         sampled.append(next_token)
         step_input = next_token.unsqueeze(1)
-        positions = positions[:, -1:] + 1
+        # A row with a long prompt runs on after its own max_out_len while shorter rows catch up; its
+        # positions could pass the context. Only those discarded tokens are clamped: exact for the rest.
+        positions = (positions[:, -1:] + 1).clamp(max=last_position)
         attention = torch.cat([attention, torch.ones((len(batch_ids), 1), dtype=torch.long)], dim=1)
     new_tokens = torch.stack(sampled, dim=1).tolist() if sampled else [[] for _ in batch_ids]
     # Every text is max_out_len tokens including its own prompt (shorter prompts get more new tokens).

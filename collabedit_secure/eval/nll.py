@@ -8,6 +8,33 @@ from __future__ import annotations
 
 import torch
 
+from collabedit_secure.eval.datasets import DatasetFormatError
+
+
+class PromptTooLongError(DatasetFormatError):
+    """A prompt (with its target) has more tokens than the model has positions."""
+
+
+def context_limit(model) -> int | None:
+    """The most positions the model can read (n_positions / max_position_embeddings), if it says."""
+    config = getattr(model, "config", None)
+    for name in ("n_positions", "max_position_embeddings"):
+        limit = getattr(config, name, None)
+        if isinstance(limit, int) and limit > 0:
+            return limit
+    return None
+
+
+def quoted(text: str, width: int = 80) -> str:
+    """repr(text) for an error message, cut after `width` characters (an over-long prompt is the usual case)."""
+    return repr(text) if len(text) <= width else f"{text[:width]!r}... ({len(text)} characters)"
+
+
+def check_fits(length: int, limit: int | None, what: str) -> None:
+    # Past its context a learned-position model indexes off its embedding table: say so, never truncate.
+    if limit is not None and length > limit:
+        raise PromptTooLongError(f"{what} is {length} tokens, more than the model's context of {limit} tokens")
+
 
 @torch.no_grad()
 def target_nll(model, tok, prefixes: list[str], targets: list[str], batch_size: int = 64) -> torch.Tensor:
@@ -15,6 +42,7 @@ def target_nll(model, tok, prefixes: list[str], targets: list[str], batch_size: 
     if len(prefixes) != len(targets):
         raise ValueError(f"{len(prefixes)} prefixes but {len(targets)} targets")
     device = next(model.parameters()).device
+    limit = context_limit(model)
     out = torch.empty(len(prefixes), dtype=torch.float64)
     for start in range(0, len(prefixes), batch_size):
         chunk = range(start, min(start + batch_size, len(prefixes)))
@@ -25,6 +53,8 @@ def target_nll(model, tok, prefixes: list[str], targets: list[str], batch_size: 
             if not p:
                 raise ValueError(f"prefix {prefixes[i]!r} tokenises to nothing; there is no position to score from")
         seqs = [p + t for p, t in zip(prefix_ids, target_ids)]
+        for i, seq in zip(chunk, seqs):
+            check_fits(len(seq), limit, f"prompt {quoted(prefixes[i])} with target {quoted(targets[i])}")
         width = max(len(s) for s in seqs)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from collabedit_secure.eval.conflict import evaluate_conflict
+from collabedit_secure.eval.context_window import check_context
 from collabedit_secure.eval.counterfact import evaluate_counterfact
 from collabedit_secure.eval.zsre import evaluate_zsre
 
@@ -48,9 +49,11 @@ def evaluate_dataset(
     kind 'zsre': token accuracies (`fluency` is ignored: zsRE has no generation prompts).
     kind 'conflict': the CounterFact metrics on the conflict requests (no neighbourhood, no fluency),
     plus the conflict probe (p_conf vs p_obj, see `eval.conflict`) merged into each case and the summary.
+    Every prompt must fit the model's context (PromptTooLongError, naming the record, before any scoring).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown evaluation kind {kind!r}; expected one of {KINDS}")
+    check_context(model, tok, records, kind, fluency=fluency and kind == "counterfact", max_out_len=max_out_len)
     started = time.perf_counter()
     with _eval_mode(model):
         if kind == "zsre":
@@ -76,7 +79,11 @@ def _merge_conflict_probe(model, tok, records, per_case, summary, batch_size) ->
 def write_report(path, per_case: list[dict], summary: Mapping, meta: Mapping) -> Path:
     """Write {"version", "meta", "summary", "cases"} as JSON, atomically (temp file + rename).
 
-    `meta` records what produced the numbers: model, edit count, layer schedule, method, seed, ...
+    `meta` records what produced the numbers, written as given plus n_cases and written_at.
+    `collabedit eval` gives model, dataset, kind, n_records, round_prompts (null if none), `edit`
+    (from the model directory's edit_meta.json: schedule, layers, method, n_requests, base_model,
+    model_fingerprint, those it has; null for a model that `collabedit edit` did not write) and
+    `fluency` ({seed, max_out_len}; null when fluency did not run).
     Non-finite floats are written as null so that any JSON reader can parse the file.
     """
     if not isinstance(meta, Mapping):

@@ -12,6 +12,7 @@ import torch
 
 from collabedit_secure.eval.counterfact import summarize_metrics
 from collabedit_secure.eval.datasets import validate_counterfact_records
+from collabedit_secure.eval.nll import check_fits, context_limit, quoted
 
 ACC_KEYS = ("rewrite_acc", "paraphrase_acc", "neighborhood_acc")
 PAPER_NAMES = {"rewrite_acc": "efficacy", "paraphrase_acc": "generalization", "neighborhood_acc": "specificity"}
@@ -30,6 +31,7 @@ def next_token_correct(model, tok, pairs: list[tuple[str, str]], batch_size: int
     unique = sorted(set(pairs), key=lambda p: (len(p[0]), p))
     device = next(model.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    limit = context_limit(model)
     out = {}
     for start in range(0, len(unique), batch_size):
         chunk = unique[start : start + batch_size]
@@ -37,6 +39,8 @@ def next_token_correct(model, tok, pairs: list[tuple[str, str]], batch_size: int
         if not all(prefix_ids):
             empty = [prefix for (prefix, _), ids in zip(chunk, prefix_ids) if not ids]
             raise ValueError(f"a zsRE prompt tokenises to nothing: {empty}")
+        for (prefix, _), ids in zip(chunk, prefix_ids):
+            check_fits(len(ids), limit, f"zsRE prompt {quoted(prefix)}")
         expected = [_first_token(tok, target) for _, target in chunk]
         width = max(len(ids) for ids in prefix_ids)
         input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)

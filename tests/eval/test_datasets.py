@@ -8,6 +8,7 @@ import pytest
 
 from collabedit_secure.eval.datasets import (
     DatasetFormatError,
+    check_dataset,
     load_conflict,
     load_counterfact,
     load_dataset,
@@ -133,6 +134,10 @@ def test_missing_nested_field_names_record_and_field(tmp_path):
         ([{**_cf_record(), "case_id": "0"}], "field 'case_id' must be int, got str"),
         ([{k: v for k, v in _cf_record().items() if k != "paraphrase_prompts"}], "missing field 'paraphrase_prompts'"),
         ([{**_cf_record(), "neighborhood_prompts": [3]}], "'neighborhood_prompts' must be a list"),
+        ([_cf_record(subject="")], r"record 0 \(case_id 0\): field 'requested_rewrite.subject' is empty"),
+        ([{**_cf_record(), "paraphrase_prompts": ["ok", " "]}], r"paraphrase_prompts\[1\] is an empty prompt"),
+        ([{**_cf_record(), "neighborhood_prompts": [""]}], r"neighborhood_prompts\[0\] is an empty prompt"),
+        ([{**_cf_record(), "generation_prompts": [""]}], r"generation_prompts\[0\] is an empty prompt"),
         ([], "the list of records is empty"),
     ],
 )
@@ -160,6 +165,11 @@ def _zsre(**overrides):
         (_zsre(loc="who played desmond doss"), r"zsRE record 1: loc .* must start with 'nq question: '"),
         (_zsre(answers=[]), "zsRE record 1: field 'answers' must be a non-empty list"),
         ({k: v for k, v in _zsre().items() if k != "rephrase"}, "zsRE record 1: missing field 'rephrase'"),
+        (_zsre(subject=""), "zsRE record 1: field 'subject' is empty"),
+        (_zsre(rephrase=" "), "zsRE record 1: field 'rephrase' is empty"),
+        (_zsre(loc_ans=""), "zsRE record 1: field 'loc_ans' is empty"),
+        (_zsre(src="What university did Watts Humphrey attend? Watts Humphrey"),
+         r"zsRE record 1: subject 'Watts Humphrey' occurs 2 times in src .*; it must occur once"),
     ],
 )
 def test_malformed_zsre_rejected(tmp_path, tiny_tok, record, message):
@@ -180,3 +190,63 @@ def test_malformed_conflict_and_json_rejected(tmp_path, shared_data):
         load_dataset(broken)
     with pytest.raises(DatasetFormatError, match="no such file"):
         load_dataset(tmp_path / "absent.json")
+
+
+def _error(path, **kwargs) -> str:
+    with pytest.raises(DatasetFormatError) as err:
+        check_dataset(path, **kwargs)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("record, problem", [
+    (_zsre(subject=""), "field 'subject' is empty"),
+    (_zsre(src="Who is Watts Humphrey, Watts Humphrey?"),
+     "subject 'Watts Humphrey' occurs 2 times in src 'Who is Watts Humphrey, Watts Humphrey?'; it must occur once"),
+    (_zsre(rephrase=""), "field 'rephrase' is empty"),
+])
+def test_check_dataset_rejects_bad_zsre_without_a_tokenizer(tmp_path, record, problem):
+    path = _write(tmp_path, [record])
+    assert _error(path) == f"{path}: zsRE record 0: {problem}"
+
+
+@pytest.mark.parametrize("field, value", [
+    ("new_object", ""), ("subject", {"label": " "}), ("object", {"label": ""}), ("conflict_object", {"label": ""}),
+])
+def test_blank_conflict_fields_fail_the_up_front_check(tmp_path, shared_data, field, value):
+    records = json.loads((shared_data / "conflict" / "easy_conflict_1000_p1.json").read_text())[:3]
+    records[1]["edit"][field] = value
+    path = _write(tmp_path, records)
+    label = "edit.new_object" if field == "new_object" else f"edit.{field}.label"
+    assert _error(path) == f"{path}: conflict record 1: field '{label}' is empty"
+
+
+def test_fluency_needs_generation_prompts_before_any_model(tmp_path):
+    path = _write(tmp_path, [{**_cf_record(0), "generation_prompts": ["Danielle Darrieux"]}, _cf_record(4)])
+    assert check_dataset(path) == "counterfact"  # without fluency they are optional
+    assert _error(path, fluency=True) == (f"{path}: record 1 (case_id 4): no 'generation_prompts', which "
+                                          "fluency samples from (skip fluency with --no-fluency)")
+
+
+def test_round_prompts_are_checked_with_the_conflict_file(tmp_path, shared_data):
+    conflict = shared_data / "conflict" / "easy_conflict_1000_p1.json"
+    rounds = shared_data / "conflict" / "round_prompts.json"
+    assert check_dataset(conflict, round_prompts=rounds) == "conflict"
+    counterfact = _write(tmp_path, [_cf_record()])
+    assert _error(counterfact, round_prompts=rounds) == (
+        f"{counterfact}: round prompts only apply to conflict datasets, and this one is counterfact")
+    partial = json.loads(rounds.read_text())
+    del partial["P136"]  # record 1's relation
+    partial_path = _write(tmp_path, partial, "rounds.json")
+    assert _error(conflict, round_prompts=partial_path) == (
+        f"{conflict}: conflict record 1: relation 'P136' has no entry in the round prompts")
+    records = load_dataset(conflict, round_prompts=rounds)[1]
+    assert records[0]["paraphrase_prompts"][0] == json.loads(rounds.read_text())["P366"][0].format("fpart")
+
+
+def test_non_utf8_files_are_named(tmp_path):
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes('[{"src": "café"}]'.encode("latin-1"))
+    assert _error(latin1) == f"{latin1}: not UTF-8 text (byte 13: invalid continuation byte)"
+    with pytest.raises(DatasetFormatError, match="not UTF-8 text") as err:
+        load_round_prompts(latin1)
+    assert str(err.value).startswith(f"{latin1}: ")
