@@ -90,8 +90,9 @@ def verify_bundle(root: Path, config: WorldConfig) -> str | None:
     try:
         manifest = json.loads(manifest_path.read_text())
         entries = manifest["files"]
-    except (ValueError, KeyError) as exc:
-        return f"manifest.json unreadable: {exc}"
+        entries.items()  # a mapping of name -> sha256, or the manifest is damaged
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"manifest.json unreadable: {type(exc).__name__}: {exc}"
     if manifest.get("cache_key") != config.cache_key():
         return f"manifest is for cache key {manifest.get('cache_key')}, expected {config.cache_key()}"
     for name in REQUIRED_FILES:
@@ -140,6 +141,12 @@ def _build_into(tmp: Path, config: WorldConfig, progress: bool) -> None:
     write_manifest(tmp, config)  # last: its presence means everything above is complete
 
 
+def _umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
 def build_world(out_dir, config: WorldConfig | None = None, progress: bool = True) -> WorldBundle:
     """Generate, tokenise, train and save a world into out_dir (built in a temp dir, renamed atomically)."""
     config = config or WorldConfig()
@@ -148,6 +155,7 @@ def build_world(out_dir, config: WorldConfig | None = None, progress: bool = Tru
         raise FileExistsError(f"{out_dir} already exists; remove it or pick another directory")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide a shared cache from its other users
     try:
         _build_into(tmp, config, progress)
         os.rename(tmp, out_dir)  # atomic on one filesystem; fails if another builder won the race
@@ -216,6 +224,11 @@ def load_default(cache_dir=None, progress: bool = True, config: WorldConfig | No
     config = config or WorldConfig()
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_root()
     final = root / f"world-{config.cache_key()}"
+    stale = list(root.glob(f".{final.name}.building-*"))  # a killed builder's: removed under the lock
+    if not stale and verify_bundle(final, config) is None:  # a finished build never changes, so it is
+        bundle = open_bundle(final, config)  # read without the lock: a read-only cache (a shared mount) works
+        if _check_loadable(bundle) is None:
+            return bundle
     with _locked(root / f"world-{config.cache_key()}.lock"):
         for stale in root.glob(f".{final.name}.building-*"):  # left by a killed builder; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)

@@ -49,7 +49,9 @@ class WorldConfig:
     # than float32 elsewhere. "auto" picks by the CPU when the config is made (see native_train_dtype);
     # the resolved value is what the cache key hashes.
     train_dtype: str = "auto"
-    threads: int = 2  # speed only, not part of the cache key; use 1 on a crowded machine
+    # Not part of the cache key: like the CPU itself, the thread count can change the last bits of the
+    # trained weights (reduction order), not what the model knows. world_config.json records it.
+    threads: int = 2  # use 1 on a crowded machine
     # knowledge check
     check_sample: int = 200  # records scored after each epoch
     check_margin: float = 0.01  # the per-epoch sample must beat target + margin before the full check

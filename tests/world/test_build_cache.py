@@ -114,6 +114,28 @@ def test_missing_manifest_is_detected_and_rebuilt(tiny, cache_root):
     assert rebuilt.built_now and verify_bundle(rebuilt.root, TINY) is None
 
 
+@pytest.mark.parametrize("manifest", ["[]", "null", '{"files": ["model/model.safetensors"]}'])
+def test_damaged_manifest_is_detected_and_rebuilt(tiny, cache_root, manifest):
+    (tiny.root / "manifest.json").write_text(manifest)
+    assert "manifest.json unreadable" in verify_bundle(tiny.root, TINY)
+    with pytest.warns(RuntimeWarning, match="manifest.json unreadable"):
+        rebuilt = load_default(cache_dir=cache_root, progress=False, config=TINY)
+    assert rebuilt.built_now and verify_bundle(rebuilt.root, TINY) is None
+
+
+def test_a_valid_build_is_read_without_taking_the_lock(tiny, cache_root):
+    """Reading needs no write access to the cache (e.g. a read-only shared mount): here the lock
+    file cannot even be opened, and the valid build is still served."""
+    lock = cache_root / f"{tiny.root.name}.lock"
+    lock.unlink(missing_ok=True)
+    lock.mkdir()
+    try:
+        again = load_default(cache_dir=cache_root, progress=False, config=TINY)
+    finally:
+        lock.rmdir()
+    assert not again.built_now and again.root == tiny.root
+
+
 def test_config_change_uses_another_cache_entry(tiny, cache_root):
     other = tiny_config(seed=5)
     assert other.cache_key() != TINY.cache_key()
@@ -121,6 +143,15 @@ def test_config_change_uses_another_cache_entry(tiny, cache_root):
         warnings.simplefilter("error")
         bundle = load_default(cache_dir=cache_root, progress=False, config=other)
     assert bundle.built_now and bundle.root != tiny.root
+
+
+def test_a_build_is_as_readable_as_any_new_directory(tiny):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(tiny.root.stat().st_mode) == 0o777 & ~umask  # not mkdtemp's 0700
 
 
 def test_build_world_refuses_existing_dir(tmp_path):
