@@ -1,6 +1,9 @@
 """Kernel benchmark: each compiled kernel against its torch/numpy baseline in the same run.
 
     python -m collabedit_secure.bench.kernels [--quick] [--json OUT]
+
+The "kernel" timings are of whichever backend the kernels select (COLLABEDIT_KERNELS=reference
+times the reference): every row records it as "backend", and the repeats it used as "repeats".
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -23,6 +27,13 @@ from collabedit_secure.cli import output_file, positive_int
 from collabedit_secure.kernels import reference
 
 PEERS = 5
+SIZES = (1024, 4096, 6400)
+QUICK_SIZES = (1024, 4096)
+LARGE_D = 4096  # from this d on, each measurement takes seconds: half the repeats
+
+
+def repeats_for(d: int, repeats: int) -> int:
+    return max(1, repeats // 2) if d >= LARGE_D else repeats
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +78,8 @@ def bench_covariance(d: int, repeats: int) -> list[dict]:
             a.add_(k.T @ k)
         base = median_time(torch_update, repeats)
         for precision, t in ours.items():
-            rows.append({"kernel": f"covariance_accumulate[{precision}]", "d": d, "n": n,
+            rows.append({"kernel": f"covariance_accumulate[{precision}]", "backend": kernels.backend_for(acc, keys),
+                         "repeats": repeats, "d": d, "n": n,
                          "baseline": f"torch acc += keys.T @ keys ({name})",
                          "kernel_s": t, "baseline_s": base, "speedup": base / t})
     return rows
@@ -88,7 +100,8 @@ def bench_solve(d: int, repeats: int) -> dict:
     def residual(delta):
         return float(torch.linalg.norm(system @ delta.T - s_rk.T) / (torch.linalg.norm(system) * torch.linalg.norm(delta)))
 
-    return {"kernel": "regularized_solve", "d": d, "rhs": d_out,
+    return {"kernel": "regularized_solve", "backend": kernels.backend_for(c0, s_kk, s_rk), "repeats": repeats,
+            "d": d, "rhs": d_out,
             "threading": os.environ.get("COLLABEDIT_SOLVE_THREADING") or "auto",
             "baseline": "torch.linalg.solve (LU) on the assembled system",
             "kernel_s": ours, "baseline_s": base, "speedup": base / ours,
@@ -114,53 +127,71 @@ def bench_masking(d: int, repeats: int) -> dict:
     ours = median_time(lambda: kernels.mask_encode(values, 24, seeds[0], seeds[1:], signs[1:], out=out), repeats)
     ours_fresh = median_time(lambda: kernels.mask_encode(values, 24, seeds[0], seeds[1:], signs[1:]), repeats)
     base = median_time(lambda: numpy_crypto_masking(values, 24, seeds, signs, out=out), repeats)
-    # The AES bound: the same OpenSSL AES-CTR calls, chunking and threads as the kernel producing
-    # PEERS + 1 keystreams of n words each, with nothing else (no values read, no output written).
-    bound_s = median_time(lambda: kernels._backends.cpu_module.keystream_bound(b"".join(seeds), n), repeats)
+    bound_s = aes_bound_time(b"".join(seeds), n, repeats)
     single = Cipher(algorithms.AES(seeds[0][:16]), modes.CTR(seeds[0][16:])).encryptor()
     zeros = np.zeros(8 * min(n, 1 << 17), np.uint8)
     chunk = np.empty(zeros.size, np.uint8)
     one_thread = median_time(lambda: [single.update_into(zeros, chunk) for _ in range(max(1, n // (1 << 17)))], repeats)
     one_thread_rate = 8 * (1 << 17) * max(1, n // (1 << 17)) / one_thread
-    return {"kernel": "mask_encode", "d": d, "elements": n, "peers": PEERS,
+    return {"kernel": "mask_encode", "backend": kernels.backend_for(values, out), "repeats": repeats,
+            "d": d, "elements": n, "peers": PEERS,
             "baseline": "numpy + cryptography (chunked update_into, in-place adds)",
             "kernel_s": ours, "baseline_s": base, "speedup": base / ours, "kernel_fresh_out_s": ours_fresh,
-            "keystream_GBps_all_threads": 8 * n * (PEERS + 1) / bound_s / 1e9,
+            "keystream_GBps_all_threads": None if bound_s is None else 8 * n * (PEERS + 1) / bound_s / 1e9,
             "keystream_GBps_one_thread_cryptography": one_thread_rate / 1e9,
-            "aes_bound_s": bound_s, "fraction_of_aes_bound": bound_s / ours}
+            "aes_bound_s": bound_s, "fraction_of_aes_bound": None if bound_s is None else bound_s / ours}
+
+
+def aes_bound_time(seeds: bytes, n: int, repeats: int) -> float | None:
+    """The AES bound: the same OpenSSL AES-CTR calls, chunking and threads as the kernel producing
+    the keystreams of n words each, with nothing else (no values read, no output written). It is
+    C++ code: None when the extension is not built (the table says so)."""
+    module = kernels._backends.cpu_module
+    if module is None:
+        return None
+    return median_time(lambda: module.keystream_bound(seeds, n), repeats)
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'kernel':<32} {'d':>5} {'baseline':<52} {'kernel s':>9} {'base s':>9} {'x':>6}  notes",
-             "-" * 130]
+    lines = [f"{'kernel':<32} {'backend':<9} {'d':>5} {'baseline':<52} {'kernel s':>9} {'base s':>9} {'x':>6}  notes",
+             "-" * 140]
     for r in rows:
-        notes = ""
-        if "kernel_residual" in r:
-            notes = f"resid {r['kernel_residual']:.1e} vs {r['baseline_residual']:.1e} ({r['threading']} threading)"
-        if "fraction_of_aes_bound" in r:
-            notes = (f"{100 * r['fraction_of_aes_bound']:.0f}% of AES bound ({r['keystream_GBps_all_threads']:.1f} GB/s "
-                     f"keystream); fresh out {r['kernel_fresh_out_s']:.4f} s")
-        lines.append(f"{r['kernel']:<32} {r['d']:>5} {r['baseline']:<52} {r['kernel_s']:>9.4f} {r['baseline_s']:>9.4f} "
-                     f"{r['speedup']:>6.2f}  {notes}")
+        lines.append(f"{r['kernel']:<32} {r['backend']:<9} {r['d']:>5} {r['baseline']:<52} {r['kernel_s']:>9.4f} "
+                     f"{r['baseline_s']:>9.4f} {r['speedup']:>6.2f}  {row_notes(r)}")
     return "\n".join(lines)
 
 
+def row_notes(r: dict) -> str:
+    if "kernel_residual" in r:
+        return f"resid {r['kernel_residual']:.1e} vs {r['baseline_residual']:.1e} ({r['threading']} threading)"
+    if "fraction_of_aes_bound" not in r:
+        return ""
+    fresh = f"fresh out {r['kernel_fresh_out_s']:.4f} s"
+    if r["fraction_of_aes_bound"] is None:
+        return f"AES bound not measured (C++ extension not built); {fresh}"
+    return (f"{100 * r['fraction_of_aes_bound']:.0f}% of AES bound ({r['keystream_GBps_all_threads']:.1f} GB/s "
+            f"keystream); {fresh}")
+
+
 def run(args: argparse.Namespace) -> dict:
-    sizes = [1024, 4096] if args.quick else [1024, 4096, 6400]
+    sizes = QUICK_SIZES if args.quick else SIZES
     repeats = args.repeats or (3 if args.quick else 5)
     rows: list[dict] = []
     for d in sizes:
-        few = max(1, repeats // 2) if d >= 4096 else repeats
+        few = repeats_for(d, repeats)
         rows += bench_covariance(d, few)
         rows.append(bench_solve(d, few))
         rows.append(bench_masking(d, few))
         print(format_table(rows[-6:]).split("\n", 2)[-1], flush=True)
-    report = {"machine": machine_info(), "quick": bool(args.quick), "repeats": repeats, "results": rows}
+    # Each row records the repeats it used and the backend it timed ("kernel" may be the reference).
+    report = {"machine": machine_info(), "quick": bool(args.quick), "repeats_requested": repeats,
+              "large_d_repeats": repeats_for(LARGE_D, repeats), "backends_timed": sorted({r["backend"] for r in rows}),
+              "results": rows}
     print()
     print(format_table(rows))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)  # output_file checked it can be made
+        Path(args.json).write_text(json.dumps(report, indent=2))
     return report
 
 

@@ -54,8 +54,31 @@ def like(result: np.ndarray, template: Any) -> Any:
     return torch.from_numpy(result) if isinstance(template, torch.Tensor) else result
 
 
+def has_negative_strides(x: Any) -> bool:
+    return isinstance(x, np.ndarray) and any(s < 0 for s in x.strides)
+
+
 def to_torch(x: Any) -> torch.Tensor:
-    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    """A torch view of x; a copy for numpy arrays with negative strides, which torch cannot view."""
+    if isinstance(x, torch.Tensor):
+        return x
+    x = np.asarray(x)
+    return torch.from_numpy(x.copy() if has_negative_strides(x) else x)
+
+
+def array_module(x: Any) -> Any:
+    """torch, numpy or cupy: the library that owns x, so checks run where the data lives."""
+    if isinstance(x, torch.Tensor):
+        return torch
+    if isinstance(x, np.ndarray):
+        return np
+    import cupy
+
+    return cupy
+
+
+def all_finite(x: Any) -> bool:
+    return bool(array_module(x).isfinite(x).all())
 
 
 def check_seed(seed: Any, name: str) -> bytes:
@@ -87,13 +110,19 @@ def check_bound(bound: Any, default: int) -> int:
 
 def check_peers(peer_seeds: Any, peer_signs: Any) -> tuple[list[bytes], list[int]]:
     seeds = [check_seed(s, f"peer_seeds[{i}]") for i, s in enumerate(peer_seeds)]
-    signs = [int(s) for s in peer_signs]
+    signs = list(peer_signs)
     if len(seeds) != len(signs):
         raise ValueError(f"{len(seeds)} peer seeds but {len(signs)} peer signs")
-    for i, sign in enumerate(signs):
-        if sign not in (1, -1):
-            raise ValueError(f"peer_signs[{i}] must be +1 or -1, got {sign}")
-    return seeds, signs
+    return seeds, [check_sign(sign, f"peer_signs[{i}]") for i, sign in enumerate(signs)]
+
+
+def check_sign(sign: Any, name: str) -> int:
+    # int() would truncate 1.7 or -1.2 and accept True or "1": only integers +1/-1 mean a sign.
+    if isinstance(sign, bool) or not isinstance(sign, (int, np.integer)):
+        raise TypeError(f"{name} must be the int +1 or -1, not {type(sign).__name__} {sign!r}")
+    if sign not in (1, -1):
+        raise ValueError(f"{name} must be +1 or -1, got {sign}")
+    return int(sign)
 
 
 def check_length(n: Any) -> int:

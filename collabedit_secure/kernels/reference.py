@@ -44,6 +44,15 @@ def unpack_upper(packed: torch.Tensor, d: int | None = None) -> torch.Tensor:
     return full
 
 
+def symmetric_from_upper(operand: torch.Tensor, d: int) -> torch.Tensor:
+    """The symmetric d x d matrix an operand's upper triangle (i <= j) defines, full or packed:
+    exactly the entries the compiled solves read; the lower triangle is ignored."""
+    if operand.dim() == 1:
+        return unpack_upper(operand, d)
+    upper = torch.ones(d, d, dtype=torch.bool, device=operand.device).triu()
+    return torch.where(upper, operand, operand.T)
+
+
 def covariance_accumulate(acc: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """acc += keys^T keys in float64 (acc d x d, or packed upper triangle); rows with mask False skipped."""
     if mask is not None:
@@ -68,16 +77,17 @@ def regularized_solve(
 ) -> torch.Tensor:
     """Delta W = s_rk (lam*c0 + c_acc + s_kk)^-1, in float64, by Cholesky.
 
-    s_kk may be the packed upper triangle or a full symmetric matrix. `refine` is accepted for
-    interface parity (the reference factorises in float64, so there is nothing to refine).
+    c0 is a full matrix; s_kk and c_acc may be full or the packed upper triangle. Like the
+    compiled kernels, only the upper triangle of each is read (the lower is taken as its mirror).
+    `refine` is accepted for interface parity (the reference factorises in float64, so there is
+    nothing to refine).
     """
     del refine
     d = c0.shape[0]
-    system = lam * c0.to(torch.float64)
+    system = lam * symmetric_from_upper(c0.to(torch.float64), d)
     if c_acc is not None:
-        system = system + c_acc.to(torch.float64)
-    s_kk = s_kk.to(torch.float64)
-    system = system + (unpack_upper(s_kk, d) if s_kk.dim() == 1 else s_kk)
+        system = system + symmetric_from_upper(c_acc.to(torch.float64), d)
+    system = system + symmetric_from_upper(s_kk.to(torch.float64), d)
     where = f" for layer {layer}" if layer else ""
     if not bool(torch.isfinite(system).all()):
         raise ValueError(f"regularised system{where} has NaN or Inf entries")

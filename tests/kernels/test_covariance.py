@@ -166,3 +166,13 @@ def test_mixed_precision_float64_keys_stay_exact(backend, rng):
 def test_unknown_precision_is_refused(backend):
     with pytest.raises(ValueError, match="precision must be one of 'float64', 'mixed', got 'half'"):
         kernels.covariance_accumulate(np.zeros((2, 2)), np.zeros((3, 2)), precision="half")
+
+
+def test_negative_strides(backend, rng):
+    """keys[::-1] and friends: any strides, as documented, on every backend; acc is updated in place."""
+    keys = rng.standard_normal((30, 8)).astype(np.float32)[::-1, ::-2]
+    mask = (rng.random(30) < 0.7)[::-1]
+    acc_base = np.eye(4)
+    acc = acc_base[::-1, ::-1]
+    assert kernels.covariance_accumulate(acc, keys, mask) is acc
+    np.testing.assert_allclose(acc_base[::-1, ::-1], np.eye(4) + expected(keys.astype(np.float64), mask), rtol=1e-13, atol=1e-12)

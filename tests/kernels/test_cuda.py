@@ -65,3 +65,17 @@ def test_gpu_masking_is_bit_identical_to_cpu():
     want = kernels.mask_encode(values, 20, seeds[0], seeds[1:], [1, -1, 1])
     got = kernels.mask_encode(torch.from_numpy(values).cuda(), 20, seeds[0], seeds[1:], [1, -1, 1])
     np.testing.assert_array_equal(got.cpu().numpy(), want)
+
+
+@needs_gpu
+@pytest.mark.cuda
+def test_gpu_operands_are_checked_on_the_device():
+    d = 16
+    c0 = torch.eye(d, dtype=torch.float64, device="cuda")
+    s_rk = torch.ones(2, d, dtype=torch.float64, device="cuda")
+    bad = c0.clone()
+    bad[9, 2] = float("nan")  # lower triangle: the kernel alone would never read it
+    with pytest.raises(ValueError, match="^c0 for layer g1 has NaN or Inf entries$"):
+        kernels.regularized_solve(bad, 1.0, c0, s_rk, layer="g1")
+    bad[9, 2] = 0.5  # only the upper triangle is read, on the GPU as on the CPU
+    torch.testing.assert_close(kernels.regularized_solve(bad, 1.0, c0, s_rk), kernels.regularized_solve(c0, 1.0, c0, s_rk))

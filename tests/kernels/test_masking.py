@@ -192,3 +192,23 @@ def test_encode_fast_and_exact_paths_agree_with_reference(backend, rng):
     kernels.mask_encode(values, scale_bits, seeds[0], seeds[1:], [1, -1], out=out)
     np.testing.assert_array_equal(out, want)
     assert backing[0] == 0 and backing[-1] == 0
+
+
+@pytest.mark.parametrize(
+    "sign, error, message",
+    [
+        (1.7, TypeError, r"peer_signs\[1\] must be the int \+1 or -1, not float 1\.7"),
+        (np.float64(-1.2), TypeError, r"peer_signs\[1\] must be the int \+1 or -1, not float64"),
+        (-1.0, TypeError, r"peer_signs\[1\] must be the int \+1 or -1, not float -1\.0"),
+        (True, TypeError, r"peer_signs\[1\] must be the int \+1 or -1, not bool True"),
+        (np.bool_(True), TypeError, r"peer_signs\[1\] must be the int \+1 or -1, not bool"),
+        ("1", TypeError, r"peer_signs\[1\] must be the int \+1 or -1, not str '1'"),
+    ],
+)
+def test_peer_signs_must_be_integers_plus_or_minus_one(backend, sign, error, message):
+    # int() would have truncated 1.7 to +1 and -1.2 to -1: a silently wrong mask that never cancels.
+    seeds = [bytes(32), bytes(range(32))]
+    with pytest.raises(error, match=message):
+        kernels.mask_encode(np.ones(4), 8, None, seeds, [1, sign])
+    numpy_ints = kernels.mask_encode(np.ones(4), 8, None, seeds, [np.int64(1), np.int8(-1)])
+    np.testing.assert_array_equal(numpy_ints, kernels.mask_encode(np.ones(4), 8, None, seeds, [1, -1]))

@@ -7,6 +7,9 @@ import pytest
 import torch
 
 from collabedit_secure import kernels
+from collabedit_secure.kernels import _backends, reference
+
+from .conftest import require_cpu_extension
 
 
 def spd(rng, d, jitter=1.0):
@@ -124,3 +127,73 @@ def test_unknown_threading_mode_is_an_error(monkeypatch, rng):
     monkeypatch.setenv("COLLABEDIT_SOLVE_THREADING", "openmp")
     with kernels.use_backend("cpu"), pytest.raises(ValueError, match="auto, blas or split, not openmp"):
         kernels.regularized_solve(spd(rng, 2048), 1.0, np.zeros((2048, 2048)), np.ones((1, 2048)))
+
+
+# ---------------------------------------------------------------------------------- operand values
+#
+# The compiled solves read only the upper triangle of c0, s_kk and c_acc, so the wrapper checks the
+# whole of every operand for NaN and Inf first, and the reference reads the upper triangle too: a
+# NaN below the diagonal, or a lower triangle that disagrees with the upper one, would otherwise
+# pass unseen on one backend and fail (or differ) on another.
+
+
+def solve_operands(rng, d=8):
+    return {"c0": spd(rng, d), "s_kk": spd(rng, d, 0.0), "c_acc": spd(rng, d, 0.0), "s_rk": rng.standard_normal((3, d))}
+
+
+def solve(ops, layer="L2"):
+    return kernels.regularized_solve(ops["c0"], 0.5, ops["s_kk"], ops["s_rk"], c_acc=ops["c_acc"], layer=layer)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("name, where", [("c0", (5, 1)), ("s_kk", (7, 0)), ("c_acc", (4, 2)), ("s_rk", (1, 6))])
+def test_non_finite_operand_is_named(backend, rng, name, where, bad):
+    ops = solve_operands(rng)
+    ops[name][where] = bad  # below the diagonal for the symmetric operands: the part the kernels skip
+    with pytest.raises(ValueError, match=rf"^{name} for layer L2 has NaN or Inf entries$") as caught:
+        solve(ops)
+    assert not isinstance(caught.value, kernels.NotPositiveDefiniteError)
+
+
+def test_non_finite_torch_operand_without_layer(backend, rng):
+    ops = {k: torch.from_numpy(v).float() for k, v in solve_operands(rng).items()}
+    ops["c0"][6, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"^c0 has NaN or Inf entries$"):
+        solve(ops, layer=None)
+
+
+def test_packed_operands_are_checked_for_finiteness_only(backend, rng):
+    ops = solve_operands(rng)
+    ops["s_kk"] = kernels.pack_upper(torch.from_numpy(ops["s_kk"])).numpy().copy()
+    assert solve(ops).shape == (3, 8)
+    ops["s_kk"][4] = np.inf
+    with pytest.raises(ValueError, match="^s_kk for layer L2 has NaN or Inf entries$"):
+        solve(ops)
+
+
+def test_reference_reads_the_upper_triangle_like_the_kernel(rng):
+    """Below the diagonal anything may be stored: the reference and the compiled kernel both take
+    the upper triangle and mirror it, so they solve the same system."""
+    require_cpu_extension()
+    d = 8
+    ops = solve_operands(rng, d)
+    upper = {k: np.triu(v) + np.triu(v, 1).T for k, v in ops.items() if k != "s_rk"}
+    for name in upper:
+        ops[name][np.tril_indices(d, -1)] += rng.standard_normal(d * (d - 1) // 2)
+    def ref(m):
+        t = {k: torch.from_numpy(v) for k, v in m.items()}
+        return reference.regularized_solve(t["c0"], 0.5, t["s_kk"], t["s_rk"], t["c_acc"]).numpy()
+
+    got = ref(ops)
+    np.testing.assert_array_equal(got, ref({**upper, "s_rk": ops["s_rk"]}))
+    x = ops["s_rk"].copy()
+    assert _backends.cpu_module.regularized_solve(ops["c0"], 0.5, ops["c_acc"], ops["s_kk"], x) == 0
+    np.testing.assert_allclose(x, got, rtol=1e-10, atol=1e-12)
+
+
+def test_negative_stride_operands(backend, rng):
+    ops = solve_operands(rng, 9)
+    flipped = {k: v[::-1, ::-1] for k, v in ops.items()}  # P A P is still symmetric
+    delta = solve(flipped)
+    system = 0.5 * ops["c0"] + ops["c_acc"] + ops["s_kk"]
+    np.testing.assert_allclose(delta, np.linalg.solve(system[::-1, ::-1], ops["s_rk"][::-1, ::-1].T).T, rtol=1e-9, atol=1e-12)
