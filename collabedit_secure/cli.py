@@ -38,9 +38,13 @@ def output_file(value: str) -> str:
     path = Path(value)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{value} is a directory; give a file name")
+    ancestor = path.parent  # missing folders are made when the results are written, not now
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write {value}: {ancestor} is not a directory")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):
+        with tempfile.TemporaryFile(dir=ancestor):
             pass
     except OSError as err:
         raise argparse.ArgumentTypeError(f"cannot write {value}: {err.strerror or err}") from None
@@ -225,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except (CliError, FileNotFoundError, FileExistsError, ValueError) as err:
+    except (CliError, OSError, ValueError) as err:  # e.g. a read-only cache: the message names the path
         print(f"collabedit: error: {err}", file=sys.stderr)
         return 2
     return 0

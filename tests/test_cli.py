@@ -310,6 +310,24 @@ def _cf(**changes):
     return json.dumps([{**record, **changes}])
 
 
+def test_a_rejected_run_leaves_no_output_folders_behind(tmp_path, capsys):
+    out = tmp_path / "new" / "a" / "b" / "out.json"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["simulate", "--json", str(out), "--dataset", str(tmp_path / "nope.json")])
+    assert exit_info.value.code == 2 and "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_unusable_cache_is_a_clean_error(tmp_path, capsys, monkeypatch):
+    from collabedit_secure.world import WorldConfig
+
+    monkeypatch.setenv("COLLABEDIT_CACHE", str(tmp_path))
+    lock = tmp_path / f"world-{WorldConfig().cache_key()}.lock"
+    lock.mkdir()  # the cache cannot be locked for a build: an OSError, not a traceback
+    assert main(["world", "build"]) == 2
+    assert str(lock) in capsys.readouterr().err
+
+
 def test_simulate_wants_generation_prompts_before_any_model_loads(tmp_path, capsys, monkeypatch):
     import collabedit_secure.simulate as simulate
 
