@@ -20,7 +20,8 @@ LayerDeltas = Mapping[str, torch.Tensor]
 
 
 def check_party_deltas(deltas: Sequence[LayerDeltas]) -> list[str]:
-    """Reject empty input and parties whose layers, shapes, dtypes or devices differ; return layer names."""
+    """Reject empty input, non-finite updates and parties whose layers, shapes, dtypes or devices
+    differ; return layer names."""
     if len(deltas) == 0:
         raise ValueError("no party deltas given: need at least one {layer_name: tensor} dict")
     reference = deltas[0]
@@ -48,6 +49,8 @@ def _check_same_kind(party: int, name: str, tensor, reference: torch.Tensor) -> 
         raise ValueError(f"party {party} layer {name!r}: dtype {tensor.dtype} != party 0's {reference.dtype}")
     if tensor.device != reference.device:
         raise ValueError(f"party {party} layer {name!r}: device {tensor.device} != party 0's {reference.device}")
+    if not bool(torch.isfinite(tensor).all()):  # TIES would rank a NaN as the largest and drop it unseen
+        raise ValueError(f"party {party} layer {name!r}: has NaN or Inf entries")
 
 
 def task_arithmetic(deltas: Sequence[LayerDeltas]) -> dict[str, torch.Tensor]:

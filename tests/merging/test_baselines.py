@@ -105,6 +105,16 @@ def test_layer_name_mismatch_rejected(merge):
         merge(parties)
 
 
+@pytest.mark.parametrize("merge", [task_arithmetic, simple_average, ties_merge])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_update_rejected(merge, bad):
+    poisoned = torch.arange(10.0).reshape(2, 5)
+    poisoned[1, 3] = bad
+    parties = [{"w": torch.ones(2, 5)}, {"w": poisoned}]
+    with pytest.raises(ValueError, match=r"party 1 layer 'w': has NaN or Inf entries"):
+        merge(parties)
+
+
 def test_dtype_mismatch_and_bad_density_rejected():
     parties = [{"w": torch.zeros(2)}, {"w": torch.zeros(2, dtype=torch.float64)}]
     with pytest.raises(ValueError, match="dtype"):
