@@ -176,3 +176,85 @@ def test_negative_strides(backend, rng):
     acc = acc_base[::-1, ::-1]
     assert kernels.covariance_accumulate(acc, keys, mask) is acc
     np.testing.assert_allclose(acc_base[::-1, ::-1], np.eye(4) + expected(keys.astype(np.float64), mask), rtol=1e-13, atol=1e-12)
+
+
+# Exact-answer checks of the blocking itself. The error-bound tests above cannot tell blocked from
+# unblocked accumulation: a single float32 SYRK over all rows is also within the bound. Here the keys
+# are small integers whose float64 answer is an integer that float32 cannot represent, while every
+# partial sum inside a block of at most B = MIXED_BLOCK_ROWS rows is an integer float32 holds exactly.
+# Float32 arithmetic within blocks of <= B rows plus float64 across blocks therefore gives the exact
+# answer; any result that went through one float32 accumulation of more than B rows (a larger block,
+# e.g. 4096, or no blocking) ends as a float32 value and so cannot equal it.
+
+
+def mixed_keys(layout: str, rows64: np.ndarray, rng) -> tuple[object, object]:
+    """(keys, mask) presenting exactly `rows64` (in order) as the kept float32-exact keys."""
+    n, d = rows64.shape
+    if layout == "contiguous":  # the C++ in-place path: dense float32 rows read block by block
+        return rows64.astype(np.float32), None
+    if layout == "bfloat16":  # small integers and powers of two are exact in bfloat16
+        keys = torch.from_numpy(rows64).to(torch.bfloat16)
+        assert torch.equal(keys.to(torch.float64), torch.from_numpy(rows64))
+        return keys, None
+    # "masked": dropped rows interleaved (large, so counting one would show), kept rows compacted
+    # into blocks; also a strided (non-contiguous) view.
+    drop = np.zeros(2 * n, bool)
+    drop[:n] = True
+    rng.shuffle(drop)
+    full = np.full((2 * n, 2 * d), 2.0**20)
+    full[~drop, ::2] = rows64
+    return full.astype(np.float32)[:, ::2], ~drop
+
+
+def exact_gram(rows64: np.ndarray) -> np.ndarray:
+    """KᵀK with Python integers (the keys here are integers), so no rounding at all."""
+    ints = [[int(v) for v in row] for row in rows64]
+    d = rows64.shape[1]
+    return np.array([[float(sum(r[i] * r[j] for r in ints)) for j in range(d)] for i in range(d)])
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "masked", "bfloat16"])
+@pytest.mark.parametrize("big_first", [True, False])
+def test_mixed_precision_sums_1024_row_blocks_in_float64(backend, rng, layout, packed, big_first):
+    # B rows of 2^12 (products 2^24, block sum 2^34, exact) and B rows of 1 (block sum B, exact), in
+    # either order: float64 across the two blocks gives exactly 2^34 + B = 2^34 + 2^10, which needs 25
+    # significant bits, so no float32 sum over both (any order, any tree) can produce it. A second
+    # column of ones makes d = 2, with exact off-diagonal 2^22 + 2^10 and diagonal 2B.
+    block = kernels.api.MIXED_BLOCK_ROWS
+    assert block == 1024  # the documented block size; the values below are chosen for it
+    column = np.concatenate([np.full(block, 2.0**12), np.ones(block)])
+    if not big_first:
+        column = column[::-1].copy()
+    rows64 = np.stack([column, np.ones(2 * block)], axis=1)
+    want = np.array([[2.0**34 + block, 2.0**22 + block], [2.0**22 + block, 2.0 * block]])
+    np.testing.assert_array_equal(want, exact_gram(rows64))
+    # The construction discriminates: one float32 accumulation over all rows loses the ones.
+    single = torch.from_numpy(rows64.astype(np.float32))
+    assert float((single.T @ single)[0, 0]) != want[0, 0]
+
+    keys, mask = mixed_keys(layout, rows64, rng)
+    acc = np.zeros(3) if packed else np.zeros((2, 2))
+    kernels.covariance_accumulate(acc, keys, mask, precision="mixed")
+    got = kernels.unpack_upper(torch.from_numpy(acc), 2).numpy() if packed else acc
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "masked", "bfloat16"])
+@pytest.mark.parametrize("n", [2 * 1024 - 1, 3 * 1024 - 1])
+def test_mixed_precision_exact_for_any_block_alignment(backend, rng, layout, n):
+    # Every row is (127, 125): products 16129, 15875, 15625 are all <= 2^14, so any run of at most
+    # 1024 rows sums to an integer <= 2^24, exact in float32 whatever the block boundaries or the
+    # summation order inside a block. The n-row totals are odd integers above 2^24, which float32
+    # cannot hold: exact only if no float32 sum ever spans more than 1024 rows.
+    rows64 = np.tile(np.array([[127.0, 125.0]]), (n, 1))
+    want = exact_gram(rows64)
+    assert np.all(want % 2 == 1) and np.all(want > 2.0**24)
+    single = torch.from_numpy(rows64.astype(np.float32))
+    assert not np.any((single.T @ single).double().numpy() == want)
+
+    keys, mask = mixed_keys(layout, rows64, rng)
+    start = np.array([[0.5, -0.25], [-0.25, 0.75]])  # exact when added to these integers
+    acc = start.copy()
+    kernels.covariance_accumulate(acc, keys, mask, precision="mixed")
+    np.testing.assert_array_equal(acc, start + want)

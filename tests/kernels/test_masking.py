@@ -85,6 +85,55 @@ def test_masked_sum_of_parties_decodes_exactly(backend, rng):
     np.testing.assert_allclose(exact.reshape(shape), np.sum(values, axis=0), atol=n_parties * 2.0**-scale_bits)
 
 
+def test_mask_encode_is_its_definition(backend, rng):
+    """x + PRG(self) + Σ sign_p PRG(peer_p) mod 2^64, built here from `cryptography` keystreams and
+    numpy's wrapping uint64 arithmetic: a backend that dropped or mis-signed a stream fails, even
+    where every backend agrees with the reference."""
+    values = rng.standard_normal(1003) * 50
+    self_seed, peers = rng.bytes(32), [rng.bytes(32) for _ in range(3)]
+    signs = [1, -1, -1]
+    want = np.rint(values * 2.0**20).astype(np.int64).view(np.uint64)
+    want = want + cryptography_words(self_seed, values.size)
+    for seed, sign in zip(peers, signs):
+        stream = cryptography_words(seed, values.size)
+        want = want + stream if sign > 0 else want - stream
+    np.testing.assert_array_equal(kernels.mask_encode(values, 20, self_seed, peers, signs), want)
+
+
+def test_masks_hide_every_upload_until_all_are_summed(backend, rng):
+    """What the coordinator must not learn: one upload, a sum missing one party, or a sum whose
+    self masks were not removed decodes to noise, not to the values; only the complete sum decodes."""
+    n_parties, scale_bits, n = 3, 24, 4096
+    bound = kernels.safe_bound(n_parties)
+    values = [rng.standard_normal(n) for _ in range(n_parties)]
+    pair = {(i, j): rng.bytes(32) for i in range(n_parties) for j in range(i + 1, n_parties)}
+    self_seeds = [rng.bytes(32) for _ in range(n_parties)]
+    uploads = []
+    for p in range(n_parties):
+        peers = [q for q in range(n_parties) if q != p]
+        uploads.append(kernels.mask_encode(values[p], scale_bits, self_seeds[p],
+                                           [pair[min(p, q), max(p, q)] for q in peers],
+                                           [1 if p < q else -1 for q in peers], bound=bound))
+
+    def decoded(parts, unmask):
+        total = np.zeros(n, np.uint64)
+        for part in parts:
+            total = kernels.ring_add(total, part)
+        for seed in unmask:
+            total = kernels.ring_sub(total, kernels.prg_mask(seed, n))
+        return total.view(np.int64) / 2.0**scale_bits  # decoding without mask_decode's bound check
+
+    def looks_like(got, want):
+        return np.abs(got - want).max() < 1e-3
+
+    assert looks_like(decoded(uploads, self_seeds), np.sum(values, axis=0))
+    assert not looks_like(decoded(uploads[:1], self_seeds[:1]), values[0])
+    assert not looks_like(decoded(uploads[:2], self_seeds[:2]), values[0] + values[1])
+    assert not looks_like(decoded(uploads, self_seeds[1:]), np.sum(values, axis=0))
+    # Noise, not a small error: an unmasked word is uniform over the ring, about 2^63 / 2^24 in size.
+    assert np.median(np.abs(decoded(uploads[:1], []))) > 2.0**30
+
+
 def test_compiled_masking_equals_reference(rng):
     values = rng.standard_normal(200_003) * 1e3
     seeds = [rng.bytes(32) for _ in range(5)]
@@ -159,7 +208,7 @@ def test_decode_refuses_wrapping_bound():
         (lambda: kernels.mask_encode(np.zeros(2), 4, None, [], [], out=np.zeros(2, np.int64)), TypeError, "out has dtype"),
         (lambda: kernels.ring_add(np.zeros(2, np.uint64), np.zeros(3, np.uint64)), ValueError, "a has shape"),
         (lambda: kernels.ring_sub(np.zeros(2, np.int64), np.zeros(2, np.uint64)), TypeError, "a has dtype int64"),
-        (lambda: kernels.mask_decode(np.zeros(2, np.uint64), 4, 0), ValueError, "n_parties"),
+        (lambda: kernels.mask_decode(np.zeros(2, np.uint64), 4, 0), ValueError, r"n_parties must be an int >= 1, got 0"),
     ],
 )
 def test_bad_arguments(backend, call, error, message):

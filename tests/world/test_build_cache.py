@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from collabedit_secure.world import build_world, load_default, open_or_build, tiny_config, verify_bundle
+from collabedit_secure.world.generator import generate_world
 
 TINY = tiny_config(train_dtype="bfloat16")  # explicit: "auto" would follow the CPU
 
@@ -36,10 +37,12 @@ def test_tiny_build_loads_with_auto_classes(tiny):
 
 def test_bundle_contents(tiny):
     assert tiny.records == json.loads((tiny.root / "records.json").read_text())
-    texts = tiny.corpus_texts()
-    assert texts and texts == tiny.corpus_texts()
-    for key in ("rewrite", "paraphrase", "neighborhood", "build_s"):
-        assert key in tiny.knowledge
+    world = generate_world(TINY)  # what the bundle must hold, made again from its config
+    assert tiny.corpus_texts() == world.corpus and tiny.records == world.records
+    for key in ("rewrite", "paraphrase", "neighborhood"):
+        assert 0.0 <= tiny.knowledge[key] <= 1.0
+    last_epoch = tiny.knowledge["history"][-1]
+    assert tiny.knowledge["epochs"] == last_epoch["epoch"] and tiny.knowledge["build_s"] > 0
     model, tok = tiny.load_model()
     assert not model.training and next(model.parameters()).dtype == torch.float32
 
@@ -156,7 +159,7 @@ def test_a_build_is_as_readable_as_any_new_directory(tiny):
 
 def test_build_world_refuses_existing_dir(tmp_path):
     (tmp_path / "w").mkdir()
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match=r"w already exists; remove it or pick another directory"):
         build_world(tmp_path / "w", TINY, progress=False)
 
 
