@@ -23,7 +23,7 @@ from .fingerprint import weights_digest
 from .hooks import edit_output, trace
 from .hparams import MemitHparams
 from .requests import EditRequest
-from .tokens import encode, subject_last_index
+from .tokens import continuation_ids, encode, subject_last_index
 
 KL_PROMPT = "{} is a"
 EARLY_STOP_LOSS = 5e-2
@@ -76,7 +76,7 @@ def compute_z(model, tok, adapter: ModelAdapter, hp: MemitHparams, request: Edit
     device = next(model.parameters()).device
     # delta and Adam's state in at least float32 (as MEMIT): bfloat16 steps would round away
     dtype = torch.promote_types(next(model.parameters()).dtype, torch.float32)
-    target_ids = tok(request.target_new, add_special_tokens=False)["input_ids"]
+    target_ids = continuation_ids(tok, request.text(), request.target_new)
     if not target_ids:
         raise ValueError(f"edit request {request.case_id!r}: target_new tokenises to nothing")
     templated = _prompts(tok, request, templates, target_ids)

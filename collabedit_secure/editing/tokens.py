@@ -53,3 +53,18 @@ def subject_last_index(tok, template: str, subject: str) -> int:
         raise ValueError("subject is empty")
     prefix = template[: template.index("{}")]
     return len(tok(prefix + subject)["input_ids"]) - 1
+
+
+def continuation_ids(tok, prefix: str, continuation: str) -> list[int]:
+    """The ids of `continuation` (with its leading space) as they follow `prefix` in one text.
+
+    Tokenised alone, " Paris" is what the model reads after a prompt for byte-level BPE (MEMIT's
+    way), but a SentencePiece tokenizer (Llama 2, Mistral) makes the lone leading space an extra
+    "▁" token that never follows a prompt. Where the boundary merges into one token (the prefix's
+    ids are not a prefix of the whole), the continuation is tokenised alone, as MEMIT does.
+    """
+    head = tok(prefix, add_special_tokens=False)["input_ids"]
+    whole = tok(prefix + continuation, add_special_tokens=False)["input_ids"]
+    if len(whole) > len(head) and whole[: len(head)] == head:
+        return whole[len(head):]
+    return tok(continuation, add_special_tokens=False)["input_ids"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from collabedit_secure.editing.tokens import continuation_ids
 from collabedit_secure.eval.datasets import DatasetFormatError
 
 
@@ -47,8 +48,8 @@ def target_nll(model, tok, prefixes: list[str], targets: list[str], batch_size: 
     for start in range(0, len(prefixes), batch_size):
         chunk = range(start, min(start + batch_size, len(prefixes)))
         prefix_ids = [tok(prefixes[i])["input_ids"] for i in chunk]
-        # The target continues the prefix: no BOS in front of it (Llama-style tokenizers add one).
-        target_ids = [tok(" " + targets[i].strip(), add_special_tokens=False)["input_ids"] for i in chunk]
+        # The target continues the prefix: its ids as they follow the prefix, with no BOS in front.
+        target_ids = [continuation_ids(tok, prefixes[i], " " + targets[i].strip()) for i in chunk]
         for i, p in zip(chunk, prefix_ids):
             if not p:
                 raise ValueError(f"prefix {prefixes[i]!r} tokenises to nothing; there is no position to score from")

@@ -16,7 +16,7 @@ from collabedit_secure.editing import (
 from collabedit_secure.editing.context import generate_context_templates
 from collabedit_secure.editing.keys import compute_keys
 from collabedit_secure.editing.targets import TargetCache, compute_z
-from collabedit_secure.editing.tokens import subject_last_index
+from collabedit_secure.editing.tokens import continuation_ids, subject_last_index
 from collabedit_secure.eval.nll import target_nll
 
 from .conftest import (
@@ -214,6 +214,20 @@ def test_subject_index_is_the_subjects_last_token(kind, tok):
                 index = subject_last_index(tokenizer, template, subject)
                 start, end = offsets[index]  # the token holding the subject's last character
                 assert start < subject_end <= end, (kind, text, index, offsets)
+
+
+@pytest.mark.parametrize("kind", ["byte-level", "sentencepiece-style"])
+def test_targets_are_the_tokens_that_follow_the_prompt(kind, tok):
+    tokenizer = tok if kind == "byte-level" else make_sentencepiece_style_tokenizer()
+    prompt = "The mother tongue of Danielle Darrieux is"
+    ids = continuation_ids(tokenizer, prompt, " French")
+    whole = tokenizer(prompt + " French", add_special_tokens=False)["input_ids"]
+    assert whole[-len(ids):] == ids and tokenizer.decode(ids).strip() == "French"
+    alone = tokenizer(" French", add_special_tokens=False)["input_ids"]
+    if kind == "byte-level":
+        assert ids == alone  # MEMIT's tokenisation, where it is right
+    else:
+        assert tokenizer.convert_ids_to_tokens(alone)[0] == "▁" and ids == alone[1:]  # no lone "▁"
 
 
 def test_request_subject_is_stripped_so_text_and_index_agree(tok):

@@ -1,8 +1,9 @@
 """target_nll against a hand computation: one unpadded forward pass per example, float64 throughout.
 
 Definition (collabedit_secure/eval/nll.py, MEMIT's `test_batch_prediction`): with P = tok(prefix)
-(special tokens as the tokenizer adds them, e.g. a Llama-style BOS) and T = tok(" " + target) without
-special tokens, NLL = -(1/|T|) Σ_j log softmax(model(P + T))[|P| - 1 + j, T_j].
+(special tokens as the tokenizer adds them, e.g. a Llama-style BOS) and T the tokens that follow P in
+tok(prefix + " " + target) (for byte-level BPE exactly tok(" " + target); a SentencePiece tokenizer
+would make that lone space an extra "▁" token), NLL = -(1/|T|) Σ_j log softmax(model(P + T))[|P| - 1 + j, T_j].
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ def model_and_tok(request):
 
 
 def token_ids(tok, prefix: str, target: str) -> tuple[list[int], list[int]]:
-    return tok(prefix)["input_ids"], tok(" " + target, add_special_tokens=False)["input_ids"]
+    prefix_ids, whole = tok(prefix)["input_ids"], tok(prefix + " " + target)["input_ids"]
+    assert whole[: len(prefix_ids)] == prefix_ids
+    return prefix_ids, whole[len(prefix_ids):]
 
 
 def hand_nll(model, tok, prefix: str, target: str) -> float:
@@ -52,8 +55,10 @@ def test_tokenisation_the_cases_rely_on(model_and_tok):
     lengths = [len(token_ids(tok, p, t)[0]) for p, t in zip(PREFIXES, TARGETS)]
     assert len(set(lengths)) >= 3  # padding in a batch really happens, by different amounts
     if tok.bos_token_id is not None and tok("x")["input_ids"][0] == tok.bos_token_id:
-        # Llama-style: the prefix starts with BOS, the target must not contain one.
+        # Llama-style: the prefix starts with BOS, the target must not contain one, nor a lone "▁".
         assert all(tok.bos_token_id not in token_ids(tok, p, t)[1] for p, t in zip(PREFIXES, TARGETS))
+        assert tok.convert_ids_to_tokens(tok(" French", add_special_tokens=False)["input_ids"])[0] == "▁"
+        assert tok.convert_ids_to_tokens(token_ids(tok, PREFIXES[0], TARGETS[0])[1])[0] != "▁"
     else:
         assert len(token_ids(tok, PREFIXES[1], TARGETS[1])[1]) == 1  # " of": a single-token target
         assert tok.decode(token_ids(tok, PREFIXES[0], TARGETS[0])[1]) == " French"
