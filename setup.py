@@ -66,7 +66,10 @@ class CMakeBuild(build_ext):
     def build_extensions(self) -> None:
         out_dir = Path(self.get_ext_fullpath(self.extensions[0].name)).resolve().parent
         build_dir = Path(self.build_temp).resolve() / "cmake"
-        build_dir.mkdir(parents=True, exist_ok=True)
+        # A fresh configure every time: a reused cache keeps the ninja of a deleted isolated build
+        # env, or a COLLABEDIT_CUDA=OFF from an earlier build without nvcc.
+        shutil.rmtree(build_dir, ignore_errors=True)
+        build_dir.mkdir(parents=True)
         import pybind11
 
         configure = [
@@ -76,9 +79,9 @@ class CMakeBuild(build_ext):
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DCOLLABEDIT_OUTPUT_DIR={out_dir}",
         ]
-        if os.environ.get("COLLABEDIT_NO_CUDA") or not cuda_toolkit_present():
-            configure.append("-DCOLLABEDIT_CUDA=OFF")
-        elif not shutil.which("nvcc") and Path("/usr/local/cuda/bin/nvcc").exists():
+        cuda = not os.environ.get("COLLABEDIT_NO_CUDA") and cuda_toolkit_present()
+        configure.append(f"-DCOLLABEDIT_CUDA={'ON' if cuda else 'OFF'}")
+        if cuda and not shutil.which("nvcc") and Path("/usr/local/cuda/bin/nvcc").exists():
             configure.append("-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc")
         subprocess.run(configure, check=True)
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
