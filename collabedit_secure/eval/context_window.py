@@ -10,7 +10,7 @@ from __future__ import annotations
 from collabedit_secure.eval.counterfact import record_prompts
 from collabedit_secure.eval.datasets import record_label, validate_counterfact_records
 from collabedit_secure.eval.nll import check_fits, context_limit, quoted
-from collabedit_secure.eval.zsre import record_pairs
+from collabedit_secure.eval.zsre import record_probes
 
 
 def check_context(model, tok, records: list[dict], kind: str, fluency: bool = False, max_out_len: int = 100) -> None:
@@ -31,9 +31,9 @@ def _lengths(tok, record: dict, kind: str, fluency: bool):
         return len(tok(text, add_special_tokens=special)["input_ids"])
 
     if kind == "zsre":
-        for name, pairs in record_pairs(record, tok).items():
-            for prefix, _ in pairs:
-                yield f"{name} prompt {quoted(prefix)}", count(prefix)
+        for name, probes in record_probes(record, tok).items():
+            for probe in probes:
+                yield f"{name} prompt {quoted(probe.prompt)}", len(probe.prefix)
     else:
         targets = [record["requested_rewrite"][k]["str"] for k in ("target_new", "target_true")]
         if "conflict_object" in record:

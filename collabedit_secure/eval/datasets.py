@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from collabedit_secure.editing.tokens import continuation_ids
+
 ZSRE_TARGET_TRUE = "<|endoftext|>"  # MEMIT's placeholder: zsRE has no "old" object to compare with
 NQ_PREFIX = "nq question: "
 
@@ -193,7 +195,9 @@ def _zsre_fields(index: int, record: dict) -> tuple[str, str, str, list, str, st
 def zsre_record(index: int, record: dict, tok) -> dict:
     """One MEND-split zsRE record in MEMIT's CounterFact-shaped form (spec 3.2)."""
     subject, src, rephrase, answers, loc, loc_ans, prompt = _zsre_fields(index, record)
-    answer_ids = tok(" " + loc_ans, add_special_tokens=False)["input_ids"]
+    # The answer's ids as they follow the question (for byte-level BPE MEMIT's tok(" " + loc_ans));
+    # the text pairs are MEMIT's record form, evaluation reads loc and loc_ans (eval/zsre.py).
+    answer_ids = continuation_ids(tok, loc + "?", " " + loc_ans)
     neighborhood = [
         {"prompt": loc + "?" + tok.decode(answer_ids[:i]), "target": tok.decode(answer_ids[i])}
         for i in range(len(answer_ids))

@@ -1,15 +1,25 @@
-"""zsRE metrics, as MEMIT's `eval_utils_zsre.py` (spec 3.2): teacher-forced next-token accuracy.
+"""zsRE metrics (spec 3.2): teacher-forced next-token accuracy on the answer's tokens.
 
-For a target t = tok(" " + answer), prompt i is `question + decode(t[:i])` and is correct when the
-argmax next token after its last real token equals the first token of tok(decode(t[i])). The
-per-record value is the mean over target tokens; the summary the mean over records, ×100.
-Neighbourhood prompts (built by the loader from `loc`/`loc_ans`) already carry their targets.
+For a question q and answer a, P = tok(q) (with the special tokens the tokenizer adds, e.g. a BOS)
+and T = the ids of " " + a as they follow q in one text (`continuation_ids`). Probe i feeds P + T[:i]
+and is correct when the argmax next token is T[i]. The per-record value is the mean over probes, the
+summary the mean over records, ×100. Neighbourhood probes do the same for the NQ question
+`loc + "?"` and its answer `loc_ans`.
+
+MEMIT builds the probes as text: q + decode(T[:i]), re-tokenised, against the first token of
+tok(decode(T[i])). Wherever that round trip gives back P + T[:i] and T[i] the two are the same
+forward pass; ids avoid the cases where it does not: every SentencePiece tokenizer (decode drops
+a word's leading "▁", and " " + a tokenised alone gains a lone "▁"), and BPE pieces of a partial word
+that re-merge differently.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
+from collabedit_secure.editing.tokens import continuation_ids
 from collabedit_secure.eval.counterfact import summarize_metrics
 from collabedit_secure.eval.datasets import validate_counterfact_records
 from collabedit_secure.eval.nll import check_fits, context_limit, quoted
@@ -18,79 +28,95 @@ ACC_KEYS = ("rewrite_acc", "paraphrase_acc", "neighborhood_acc")
 PAPER_NAMES = {"rewrite_acc": "efficacy", "paraphrase_acc": "generalization", "neighborhood_acc": "specificity"}
 
 
-def teacher_forced_prompts(question: str, target: str, tok) -> list[tuple[str, str]]:
-    """(prefix, expected next-token text) for every token of " " + target."""
-    # A target is a continuation: no BOS, even for tokenizers that add one to whole texts.
-    ids = tok(" " + target.strip(), add_special_tokens=False)["input_ids"]
-    return [(question + tok.decode(ids[:i]), tok.decode(ids[i])) for i in range(len(ids))]
+class Probe(NamedTuple):
+    """One teacher-forced step: feed `prefix`, expect `expected` next; `prompt` names it in errors."""
+
+    prompt: str
+    prefix: tuple[int, ...]
+    expected: int
+
+
+def answer_probes(tok, question: str, answer: str) -> list[Probe]:
+    """One probe per token of " " + answer after `question`."""
+    head, ids = _prompt_and_continuation(tok, question, " " + answer.strip())
+    return [Probe(question, tuple(head + ids[:i]), ids[i]) for i in range(len(ids))]
+
+
+def text_probe(tok, prompt: str, target: str) -> Probe:
+    """A neighbourhood pair given as text (MEMIT's record form): the target's first token after the prompt."""
+    head, ids = _prompt_and_continuation(tok, prompt, target)
+    return Probe(prompt, tuple(head), ids[0])
+
+
+def _prompt_and_continuation(tok, prompt: str, continuation: str) -> tuple[list[int], list[int]]:
+    head = tok(prompt)["input_ids"]
+    if not head:
+        raise ValueError(f"a zsRE prompt tokenises to nothing: {prompt!r}")
+    ids = continuation_ids(tok, prompt, continuation)
+    if not ids:
+        raise ValueError(f"zsRE target {continuation.strip()!r} tokenises to nothing")
+    return head, ids
 
 
 @torch.no_grad()
-def next_token_correct(model, tok, pairs: list[tuple[str, str]], batch_size: int = 64) -> dict[tuple[str, str], bool]:
-    """Whether the argmax next token after each prefix is the first token of its target text."""
-    unique = sorted(set(pairs), key=lambda p: (len(p[0]), p))
+def next_token_correct(model, tok, probes: list[Probe], batch_size: int = 64) -> list[bool]:
+    """Whether the argmax next token after each probe's prefix is its expected token, in order."""
+    unique = sorted({(p.prefix, p.expected): p for p in probes}.values(), key=lambda p: (len(p.prefix), p))
     device = next(model.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     limit = context_limit(model)
-    out = {}
+    correct = {}
     for start in range(0, len(unique), batch_size):
         chunk = unique[start : start + batch_size]
-        prefix_ids = [tok(prefix)["input_ids"] for prefix, _ in chunk]
-        if not all(prefix_ids):
-            empty = [prefix for (prefix, _), ids in zip(chunk, prefix_ids) if not ids]
-            raise ValueError(f"a zsRE prompt tokenises to nothing: {empty}")
-        for (prefix, _), ids in zip(chunk, prefix_ids):
-            check_fits(len(ids), limit, f"zsRE prompt {quoted(prefix)}")
-        expected = [_first_token(tok, target) for _, target in chunk]
-        width = max(len(ids) for ids in prefix_ids)
+        for probe in chunk:
+            check_fits(len(probe.prefix), limit, f"zsRE prompt {quoted(probe.prompt)}")
+        width = max(len(p.prefix) for p in chunk)
         input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, ids in enumerate(prefix_ids):  # right padding, read at the last real token
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention[row, : len(ids)] = 1
+        for row, probe in enumerate(chunk):  # right padding, read at the last real token
+            input_ids[row, : len(probe.prefix)] = torch.tensor(probe.prefix)
+            attention[row, : len(probe.prefix)] = 1
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
-        last = torch.tensor([len(ids) - 1 for ids in prefix_ids], device=logits.device)
+        last = torch.tensor([len(p.prefix) - 1 for p in chunk], device=logits.device)
         predicted = logits[torch.arange(len(chunk), device=logits.device), last].argmax(-1).tolist()
-        out.update({pair: p == e for pair, p, e in zip(chunk, predicted, expected)})
-    return out
+        correct.update({(p.prefix, p.expected): got == p.expected for p, got in zip(chunk, predicted)})
+    return [correct[(p.prefix, p.expected)] for p in probes]
 
 
-def _first_token(tok, text: str) -> int:
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise ValueError(f"target text {text!r} tokenises to nothing")
-    return ids[0]
-
-
-def record_pairs(record: dict, tok) -> dict[str, list[tuple[str, str]]]:
-    """The (prefix, target token text) pairs of each prompt set of a loaded zsRE record."""
+def record_probes(record: dict, tok) -> dict[str, list[Probe]]:
+    """The probes of each prompt set of a zsRE record (from `load_zsre`, or built by hand)."""
     rewrite = record["requested_rewrite"]
     answer = rewrite["target_new"]["str"]
+    probes = {
+        "rewrite": answer_probes(tok, rewrite["prompt"].format(rewrite["subject"]), answer),
+        "paraphrase": [p for q in record["paraphrase_prompts"] for p in answer_probes(tok, q, answer)],
+    }
+    if "loc" in record and "loc_ans" in record:  # load_zsre keeps the NQ question and answer
+        probes["neighborhood"] = answer_probes(tok, record["loc"] + "?", record["loc_ans"])
+        return probes
     neighborhood = record["neighborhood_prompts"]
     if any(not isinstance(n, dict) for n in neighborhood):
         raise ValueError(
             f"case_id {record['case_id']}: zsRE neighbourhood prompts must be {{'prompt', 'target'}} objects "
             "(load the file with load_zsre)"
         )
-    return {
-        "rewrite": teacher_forced_prompts(rewrite["prompt"].format(rewrite["subject"]), answer, tok),
-        "paraphrase": [pair for q in record["paraphrase_prompts"] for pair in teacher_forced_prompts(q, answer, tok)],
-        "neighborhood": [(n["prompt"], n["target"]) for n in neighborhood],
-    }
+    probes["neighborhood"] = [text_probe(tok, n["prompt"], n["target"]) for n in neighborhood]
+    return probes
 
 
 def evaluate_zsre(model, tok, records: list[dict], batch_size: int = 64) -> tuple[list[dict], dict]:
     """Per-record token accuracies and their summary (×100) for records from `load_zsre`."""
     records = validate_counterfact_records(records)
-    pairs = [record_pairs(r, tok) for r in records]
-    correct = next_token_correct(model, tok, [p for sets in pairs for ps in sets.values() for p in ps], batch_size)
+    sets = [record_probes(r, tok) for r in records]
+    flat = [p for record_sets in sets for probes in record_sets.values() for p in probes]
+    flags = iter(next_token_correct(model, tok, flat, batch_size))
     per_case = []
-    for record, sets in zip(records, pairs):
+    for record, record_sets in zip(records, sets):
         case = {"case_id": record["case_id"], "prompt": record["requested_rewrite"]["prompt"]}
-        for name, set_pairs in sets.items():
-            flags = [correct[p] for p in set_pairs]
-            case[f"{name}_prompts_correct"] = flags
-            case[f"{name}_acc"] = sum(flags) / len(flags) if flags else None
+        for name, probes in record_sets.items():
+            correct = [next(flags) for _ in probes]
+            case[f"{name}_prompts_correct"] = correct
+            case[f"{name}_acc"] = sum(correct) / len(correct) if correct else None
         per_case.append(case)
     return per_case, summarize_zsre(per_case)
 

@@ -53,7 +53,7 @@ def make_sentencepiece_style_tokenizer():
     bpe.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")  # word-bounded merges
     bpe.train_from_iterator(corpus(), trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"]))
     bpe.pre_tokenizer = None
-    bpe.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Strip(" ", 1, 0)])
+    bpe.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
     bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bpe.token_to_id("<s>"))])
     return transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
                                                 pad_token="</s>", unk_token="<unk>")

@@ -13,7 +13,7 @@ from collabedit_secure.eval.datasets import load_counterfact, load_dataset, load
 from collabedit_secure.eval.fluency import generate_texts
 from collabedit_secure.eval.nll import target_nll
 from collabedit_secure.eval.report import evaluate_dataset, format_summary_table, write_report
-from collabedit_secure.eval.zsre import next_token_correct
+from collabedit_secure.eval.zsre import next_token_correct, text_probe
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,8 @@ def test_zsre_accuracy_reaches_100_on_the_models_own_prediction(tiny_model, tiny
     assert (summary["efficacy"], summary["generalization"], summary["specificity"]) == (100.0, 100.0, 100.0)
     answer_id = tiny_tok(" " + answer)["input_ids"][0]
     other = next(w for w in (" English", " French", " Paris") if tiny_tok(w)["input_ids"][0] != answer_id)
-    assert next_token_correct(tiny_model, tiny_tok, [(src, other)]) == {(src, other): False}
+    probes = [text_probe(tiny_tok, src, " " + answer), text_probe(tiny_tok, src, other)]
+    assert next_token_correct(tiny_model, tiny_tok, probes) == [True, False]
 
 
 def test_conflict_records_evaluate_without_neighbourhood(shared_data, tiny_model, tiny_tok):
