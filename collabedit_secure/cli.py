@@ -2,7 +2,7 @@
 
     collabedit world build [--out DIR]
     collabedit stats --model M --layers 1 2 3 [--corpus world|PATH] --out DIR
-    collabedit edit --model M --requests FILE --schedule parallel|sequential --out DIR
+    collabedit edit --model M --requests FILE --schedule parallel|sequential [--corpus PATH | --stats DIR] --out DIR
     collabedit simulate --parties N --edits-per-party M --rounds R --schedule S --methods ... --json OUT
     collabedit eval --model M --dataset PATH [--round-prompts FILE] --json OUT
     collabedit bench kernels [--quick] --json OUT
@@ -101,7 +101,8 @@ def _stats(args: argparse.Namespace) -> None:
 def _edit(args: argparse.Namespace) -> None:
     from .pipeline import run_edit
 
-    out = run_edit(args.model, Path(args.requests), args.schedule, Path(args.out), args.hparams, args.stats)
+    out = run_edit(args.model, Path(args.requests), args.schedule, Path(args.out), args.hparams, args.stats,
+                   args.corpus)
     print(f"edited model written to {out}")
 
 
@@ -118,6 +119,8 @@ def _simulate(args: argparse.Namespace) -> None:
         dataset=Path(args.dataset) if args.dataset else None,
         model=args.model,
         hparams=Path(args.hparams) if args.hparams else None,
+        corpus=args.corpus,
+        stats=Path(args.stats) if args.stats else None,
         seed=args.seed,
         fluency=not args.no_fluency,
         float64_weights=args.float64_weights,
@@ -173,7 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--hparams", type=existing_file,
                       help="MEMIT hparams YAML (default: chosen from the model family)")
     edit.add_argument("--stats", type=existing_dir,
-                      help="directory with covariance npz files (default: computed and cached)")
+                      help="directory with MEMIT-layout covariance npz files (default: computed from --corpus "
+                           "and cached)")
+    edit.add_argument("--corpus", default="world", type=corpus_name,
+                      help="C0's corpus when --stats is not given: 'world' (default; --model default only) or "
+                           "a text file, one document per line")
     edit.add_argument("--out", required=True, type=new_dir,
                       help="new or empty output directory (HF model + delta + edit_meta.json)")
     edit.set_defaults(handler=_edit)
@@ -192,9 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
                           "default: collabedit,global,ta,sa,ties")
     sim.add_argument("--dataset", type=existing_file,
                      help="CounterFact-format file (default: the embedded world)")
-    sim.add_argument("--model", default="default", help="HF directory or 'default'")
+    sim.add_argument("--model", default="default",
+                     help="HF directory, hub name, or 'default' (others need --dataset and --corpus or --stats)")
     sim.add_argument("--hparams", type=existing_file,
                      help="MEMIT hparams YAML (default: the shipped file for the model and schedule)")
+    sim.add_argument("--stats", type=existing_dir,
+                     help="directory with MEMIT-layout covariance npz files (default: computed from --corpus "
+                          "and cached)")
+    sim.add_argument("--corpus", default="world", type=corpus_name,
+                     help="C0's corpus when --stats is not given: 'world' (default; --model default only) or "
+                          "a text file, one document per line")
     sim.add_argument("--seed", type=int, default=0,
                      help="seed of the draw of edits for the parties and of fluency sampling (default: 0)")
     sim.add_argument("--no-fluency", action="store_true", help="skip generation-based fluency")

@@ -72,11 +72,20 @@ def default_hparams(loaded: LoadedModel, path: str | Path | None = None,
     return MemitHparams.builtin(shipped[family])
 
 
+def check_c0_source(model: str, corpus: str, stats_dir: str | Path | None) -> None:
+    """Only the embedded default has a corpus of its own: other models need one, or MEMIT npz files."""
+    if model != DEFAULT_MODEL and corpus == "world" and stats_dir is None:
+        raise ValueError(f"C0 for {model!r} needs --corpus FILE (one document per line) or --stats DIR "
+                         "(MEMIT-layout npz files, e.g. from `collabedit stats`); the world corpus belongs "
+                         "to --model default")
+
+
 def read_corpus(corpus: str, loaded: LoadedModel) -> list[str]:
     """'world' (the embedded world's corpus) or a text file with one document per line."""
     if corpus == "world":
         if loaded.corpus is None:
-            raise ValueError("--corpus world needs --model default; give a text file for other models")
+            raise ValueError(f"--corpus world belongs to --model default; give {loaded.name!r} a text file "
+                             "(one document per line)")
         return loaded.corpus()
     path = Path(corpus)
     if not path.is_file():
@@ -154,14 +163,17 @@ def compute_stats(model: str, layers: list[int], corpus: str, out: Path, n_sampl
 
 def _plain_requests(path: Path) -> list | None:
     """A JSON list of plain requests (`prompt`, `subject`, targets) as EditRequests, else None."""
-    from .editing.requests import EditRequest
+    from .editing.requests import EditRequest, RequestError
     from .eval.datasets import read_json_list
 
     data = read_json_list(path)
-    if isinstance(data[0], dict) and "prompt" in data[0]:
+    if not (isinstance(data[0], dict) and "prompt" in data[0]):
+        return None
+    try:
         return [EditRequest.from_record({"case_id": r.get("case_id", i), "requested_rewrite": r})
                 for i, r in enumerate(data)]
-    return None
+    except RequestError as err:  # name the file, as the dataset loaders do
+        raise RequestError(f"{path}: {err}") from None
 
 
 def check_requests(path: Path) -> None:
@@ -186,15 +198,16 @@ def read_requests(path: Path, loaded: LoadedModel) -> list:
 
 
 def run_edit(model: str, requests_path: Path, schedule: str, out: Path, hparams_path: str | None,
-             stats_dir: str | None) -> Path:
+             stats_dir: str | None, corpus: str = "world") -> Path:
     """`collabedit edit`: global MEMIT, written as an HF model dir plus the delta and edit_meta.json."""
     from .editing.memit import edit
 
+    check_c0_source(model, corpus, stats_dir)
     check_requests(requests_path)
     loaded = load_model(model)
     hparams = default_hparams(loaded, hparams_path, schedule)
     requests = read_requests(requests_path, loaded)
-    c0, sources = covariances(loaded, hparams, stats_dir=stats_dir)
+    c0, sources = covariances(loaded, hparams, corpus=corpus, stats_dir=stats_dir)
     result = edit(loaded.model, loaded.tok, [requests], hparams, c0, schedule=schedule, stats_files=sources)
     result.delta.apply(loaded.model)
     out.mkdir(parents=True, exist_ok=True)

@@ -31,9 +31,10 @@ from .editing.memit import edit
 from .merging.collabedit import update_dynamic_covariance
 from .editing.requests import EditRequest
 from .editing.targets import TargetCache
+from .eval.context_window import check_context
 from .eval.report import evaluate_dataset, format_summary_table
 from .merging.baselines import simple_average, task_arithmetic, ties_merge
-from .pipeline import covariances, default_hparams, load_model
+from .pipeline import DEFAULT_MODEL, check_c0_source, covariances, default_hparams, load_model
 
 METHODS = ("collabedit", "global", "ta", "sa", "ties", "none")
 LOCAL_MERGES = {"ta": task_arithmetic, "sa": simple_average, "ties": ties_merge}
@@ -49,6 +50,8 @@ class SimulationConfig:
     dataset: Path | None = None
     model: str = "default"
     hparams: Path | None = None
+    corpus: str = "world"  # C0's corpus: the embedded world's, or a text file for other models
+    stats: Path | None = None  # or MEMIT-layout npz files, instead of computing C0
     seed: int = 0
     fluency: bool = True
     fluency_max_len: int = 40
@@ -65,6 +68,10 @@ class SimulationConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.schedule not in ("parallel", "sequential"):
             raise ValueError(f"schedule must be parallel or sequential, got {self.schedule!r}")
+        if self.model != DEFAULT_MODEL and self.dataset is None:
+            raise ValueError(f"--model {self.model} needs --dataset (the embedded world's edits belong to "
+                             "--model default)")
+        check_c0_source(self.model, self.corpus, self.stats)
         if self.dataset is not None:
             from .eval.datasets import check_dataset
 
@@ -111,7 +118,7 @@ class Experiment:
         self.loaded = load_model(config.model)
         self.model, self.tok = self.loaded.model, self.loaded.tok
         self.hparams = default_hparams(self.loaded, config.hparams, config.schedule)
-        self.c0, self.c0_sources = covariances(self.loaded, self.hparams)
+        self.c0, self.c0_sources = covariances(self.loaded, self.hparams, corpus=config.corpus, stats_dir=config.stats)
         self.templates = generate_context_templates(self.model, self.tok, self.hparams.context_template_seed,
                                                     self.hparams.context_template_length_params)
         if config.float64_weights:  # after C0 and the templates, which belong to the model as loaded
@@ -175,6 +182,9 @@ def run_simulation(config: SimulationConfig, json_out: Path | None = None) -> di
     records = _load_records(config, experiment)
     rounds = split_cases(records, config)
     edited = [r for parties in rounds for party in parties for r in party]
+    # Every evaluation prompt must fit the model before the first method spends minutes editing.
+    check_context(experiment.model, experiment.tok, edited, "counterfact", fluency=config.fluency,
+                  max_out_len=config.fluency_max_len)
     print(f"{config.parties} parties x {config.edits_per_party} edits x {config.rounds} round(s), "
           f"schedule {config.schedule}, model {experiment.loaded.name}")
 
@@ -219,9 +229,7 @@ def run_simulation(config: SimulationConfig, json_out: Path | None = None) -> di
 
 def _load_records(config: SimulationConfig, experiment: Experiment) -> list[dict]:
     if config.dataset is None:
-        if experiment.loaded.records is None:
-            raise ValueError("--dataset is required for models other than the embedded default")
-        return experiment.loaded.records
+        return experiment.loaded.records  # the embedded default's (validate() asked others for a dataset)
     from .eval.datasets import load_dataset
 
     kind, records = load_dataset(config.dataset, experiment.tok)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,6 +124,69 @@ def test_unwritable_results_files_fail_before_any_work(argv, message, tmp_path, 
     assert message.format(**fill) in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["edit", "--model", "{model}", "--requests", "{present}", "--out", "o"],
+     "C0 for '{model}' needs --corpus FILE (one document per line) or --stats DIR"),
+    (["simulate", "--model", "{model}", "--dataset", "{present}"],
+     "C0 for '{model}' needs --corpus FILE (one document per line) or --stats DIR"),
+    (["simulate", "--model", "{model}", "--corpus", "{present}"], "--model {model} needs --dataset"),
+])
+def test_other_models_need_their_own_corpus_before_any_model_loads(argv, message, tmp_path, capsys, monkeypatch):
+    forbid_work(monkeypatch)
+    present = tmp_path / "file.json"
+    present.write_text("[]")
+    fill = {"model": tmp_path / "my-model", "present": present}
+    assert main([a.format(**fill) for a in argv]) == 2
+    assert message.format(**fill) in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_local_model_directory_through_stats_edit_and_simulate(default_world, tmp_path):
+    """The world model as any HF directory: no world corpus, no world records, hparams by file."""
+    hparams = tmp_path / "hparams.yaml"
+    hparams.write_text("base: default-world\nv_num_grad_steps: 10\n")  # the pipeline, not the edit's quality
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(default_world.corpus_texts()[:96]) + "\n")
+    dataset = tmp_path / "cases.json"
+    dataset.write_text(json.dumps(default_world.records[:40]))
+    model = str(default_world.model_dir)
+    common = ["--model", model, "--hparams", str(hparams)]
+
+    stats = tmp_path / "stats"
+    assert main(["stats", *common, "--layers", "0", "1", "2", "--corpus", str(corpus), "--out", str(stats)]) == 0
+    assert len(list(stats.glob("*_mom2_96.npz"))) == 3
+    requests = tmp_path / "requests.json"
+    requests.write_text(json.dumps(default_world.records[:2]))
+    edited = tmp_path / "edited"
+    assert main(["edit", *common, "--requests", str(requests), "--stats", str(stats), "--out", str(edited)]) == 0
+    meta = json.loads((edited / "edit_meta.json").read_text())
+    assert meta["base_model"] == model and all(Path(f).parent == stats for f in meta["stats_files"].values())
+
+    out = tmp_path / "sim.json"
+    assert main(["simulate", *common, "--dataset", str(dataset), "--corpus", str(corpus), "--parties", "2",
+                 "--edits-per-party", "2", "--methods", "collabedit,global", "--no-fluency", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["model"] == model and report["config"]["corpus"] == str(corpus)
+    assert all(f"{corpus} corpus" in source for source in report["c0"].values())
+    assert report["methods"]["collabedit"]["delta_rel_err_vs_global"] <= 1e-9
+
+
+def test_simulate_names_an_over_long_evaluation_prompt_before_editing(default_world, tmp_path, capsys,
+                                                                      monkeypatch):
+    import collabedit_secure.simulate as simulate
+
+    monkeypatch.setattr(simulate, "edit", lambda *a, **k: pytest.fail("edited before the prompts were checked"))
+    records = json.loads(json.dumps(default_world.records[:4]))
+    records[3]["neighborhood_prompts"][0] = "The pet of " + "Alice " * 200 + "is a"
+    dataset = tmp_path / "cases.json"
+    dataset.write_text(json.dumps(records))
+    assert main(["simulate", "--dataset", str(dataset), "--parties", "2", "--edits-per-party", "2",
+                 "--no-fluency"]) == 2
+    err = capsys.readouterr().err
+    assert f"case_id {records[3]['case_id']}): neighborhood prompt 'The pet of Alice" in err
+    assert "more than the model's context of" in err
+
+
 def test_edit_never_writes_over_an_existing_directory(tmp_path, capsys, monkeypatch):
     import collabedit_secure.pipeline as pipeline
 
@@ -212,7 +276,7 @@ def test_edit_rejects_a_bad_request_file(default_world, tmp_path, capsys):
     bad.write_text(json.dumps([{"prompt": "no placeholder here", "subject": "x",
                                 "target_new": {"str": "y"}, "target_true": {"str": "z"}}]))
     assert main(["edit", "--model", "default", "--requests", str(bad), "--out", str(tmp_path / "o")]) == 2
-    assert "{}" in capsys.readouterr().err
+    assert f"collabedit: error: {bad}: edit request 0: prompt must contain exactly one '{{}}'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing half-written
 
 

@@ -27,7 +27,7 @@ from .delta import EditDelta, creation_info
 from .hparams import MemitHparams
 from .keys import compute_keys
 from .requests import EditRequest
-from .targets import TargetCache, compute_targets
+from .targets import TargetCache, check_prompts_fit, compute_targets
 
 SCHEDULES = ("parallel", "sequential")
 
@@ -130,10 +130,12 @@ def _solve(name, c0, lam, s_kk, s_rk, c_acc) -> torch.Tensor:
 
 
 def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0: dict,
-         schedule: str = "parallel", c_acc: dict | None = None, templates: list[list[str]] | None = None,
+         schedule: str = "sequential", c_acc: dict | None = None, templates: list[list[str]] | None = None,
          aggregate: Aggregate = sum_contributions, keep_factors: bool = False,
          stats_files: dict | None = None, target_cache: TargetCache | None = None) -> EditResult:
     """One round of collaborative MEMIT; the model is left exactly as it was, the update is returned.
+
+    `schedule` is "sequential" (true MEMIT, the default as in the CLI) or "parallel" (CollabEdit's code).
 
     `target_cache` shares compute_z results between edits that start from identical weights.
     """
@@ -152,6 +154,7 @@ def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0
         templates = generate_context_templates(model, tok, hparams.context_template_seed,
                                                hparams.context_template_length_params)
     templates = check_templates(templates)
+    check_prompts_fit(model, tok, [r for party in parties for r in party], templates)
 
     dtypes = _float_dtypes(model)
     if hparams.edit_dtype == "float64":

@@ -22,8 +22,8 @@ from .adapters import ModelAdapter
 from .fingerprint import weights_digest
 from .hooks import edit_output, trace
 from .hparams import MemitHparams
-from .requests import EditRequest
-from .tokens import continuation_ids, encode, subject_last_index
+from .requests import EditRequest, RequestError
+from .tokens import context_limit, continuation_ids, encode, quoted, subject_last_index
 
 KL_PROMPT = "{} is a"
 EARLY_STOP_LOSS = 5e-2
@@ -129,6 +129,26 @@ def compute_z(model, tok, adapter: ModelAdapter, hp: MemitHparams, request: Edit
                     delta.mul_(radius / delta.norm())
     z_init = state["z_init"].double().cpu()
     return TargetResult(z=z_init + delta.detach().double().cpu(), z_init=z_init, losses=losses)
+
+
+def check_prompts_fit(model, tok, requests, templates: list[list[str]]) -> None:
+    """Every compute_z prompt (context template + prompt + target) must fit the model's positions.
+
+    Checked for all requests before the first is optimised: past its context a learned-position model
+    indexes off its embedding table (an IndexError minutes into an edit), and a cut prompt would edit
+    another fact.
+    """
+    limit = context_limit(model)
+    if limit is None:
+        return
+    for request in requests:
+        target_ids = continuation_ids(tok, request.text(), request.target_new)
+        for text in _prompts(tok, request, templates, target_ids)[:-1]:
+            length = len(tok(text.format(request.subject))["input_ids"])
+            if length > limit:
+                raise RequestError(
+                    f"edit request {request.case_id!r}: prompt {quoted(request.text())} with a context template "
+                    f"and its target is {length} tokens, more than the model's context of {limit} tokens")
 
 
 class TargetCache:

@@ -68,3 +68,18 @@ def continuation_ids(tok, prefix: str, continuation: str) -> list[int]:
     if len(whole) > len(head) and whole[: len(head)] == head:
         return whole[len(head):]
     return tok(continuation, add_special_tokens=False)["input_ids"]
+
+
+def context_limit(model) -> int | None:
+    """The most positions the model can read (n_positions / max_position_embeddings), if it says."""
+    config = getattr(model, "config", None)
+    for name in ("n_positions", "max_position_embeddings"):
+        limit = getattr(config, name, None)
+        if isinstance(limit, int) and limit > 0:
+            return limit
+    return None
+
+
+def quoted(text: str, width: int = 80) -> str:
+    """repr(text) for an error message, cut after `width` characters (an over-long prompt is the usual case)."""
+    return repr(text) if len(text) <= width else f"{text[:width]!r}... ({len(text)} characters)"

@@ -8,27 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from collabedit_secure.editing.tokens import continuation_ids
+from collabedit_secure.editing.tokens import context_limit, continuation_ids, quoted  # noqa: F401 (re-exported)
 from collabedit_secure.eval.datasets import DatasetFormatError
 
 
 class PromptTooLongError(DatasetFormatError):
     """A prompt (with its target) has more tokens than the model has positions."""
-
-
-def context_limit(model) -> int | None:
-    """The most positions the model can read (n_positions / max_position_embeddings), if it says."""
-    config = getattr(model, "config", None)
-    for name in ("n_positions", "max_position_embeddings"):
-        limit = getattr(config, name, None)
-        if isinstance(limit, int) and limit > 0:
-            return limit
-    return None
-
-
-def quoted(text: str, width: int = 80) -> str:
-    """repr(text) for an error message, cut after `width` characters (an over-long prompt is the usual case)."""
-    return repr(text) if len(text) <= width else f"{text[:width]!r}... ({len(text)} characters)"
 
 
 def check_fits(length: int, limit: int | None, what: str) -> None:

@@ -67,6 +67,25 @@ def test_edit_refuses_nothing_to_do(tok):
         edit(model, tok, [tiny_requests(1), []], tiny_hparams(), {})
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("long_part", ["prompt", "target"])
+def test_an_edit_longer_than_the_context_is_named_before_any_target_is_optimised(family, long_part, tok,
+                                                                                  monkeypatch):
+    import collabedit_secure.editing.targets as targets
+
+    monkeypatch.setattr(targets, "compute_z", lambda *a, **k: pytest.fail("compute_z ran before the check"))
+    model = tiny_model(family, tok)  # 64 positions
+    hp = tiny_hparams()
+    c0 = {l: random_c0(ModelAdapter.from_model(model, hp).key_dim(model, l), l) for l in hp.layers}
+    words = " ".join(["Paris"] * 70)
+    long = EditRequest("long", "The mother tongue of {} is" + (" " + words if long_part == "prompt" else ""),
+                       "Lyon", words if long_part == "target" else "French")
+    with pytest.raises(RequestError, match=r"^edit request 'long': prompt 'The mother tongue of Lyon is.* with a "
+                                           r"context template and its target is \d+ tokens, more than the "
+                                           r"model's context of 64 tokens$"):
+        edit(model, tok, [tiny_requests(2), [long]], hp, c0)
+
+
 def test_hparams_yaml_round_trip(tmp_path):
     hp = MemitHparams.builtin("gpt-j-6b")
     hp.to_yaml(tmp_path / "h.yaml")
@@ -272,7 +291,7 @@ def test_edit_leaves_a_mixed_precision_model_exactly_as_it_was(edit_dtype, tok):
     hp = tiny_hparams(edit_dtype=edit_dtype, v_num_grad_steps=2)
     adapter = ModelAdapter.from_model(model, hp)
     c0 = {l: random_c0(adapter.key_dim(model, l), l) for l in hp.layers}
-    edit(model, tok, [tiny_requests(1)], hp, c0, templates=[["{}"]])
+    edit(model, tok, [tiny_requests(1)], hp, c0, templates=[["{}"]], schedule="parallel")
     after = tensors()
     for name, value in before.items():
         assert after[name].dtype == value.dtype and torch.equal(after[name], value), name
@@ -312,7 +331,7 @@ def test_delta_apply_revert_save_load(gpt2_f64, tok, tmp_path):
     hp = tiny_hparams()
     adapter = ModelAdapter.from_model(gpt2_f64, hp)
     c0 = {l: random_c0(adapter.key_dim(gpt2_f64, l), l) for l in hp.layers}
-    delta = edit(gpt2_f64, tok, [tiny_requests(2)], hp, c0).delta
+    delta = edit(gpt2_f64, tok, [tiny_requests(2)], hp, c0, schedule="parallel").delta
     name = adapter.rewrite_name(1)
     original = gpt2_f64.get_submodule(name).weight.detach().clone()
     loaded = EditDelta.load(delta.save(tmp_path / "d"))
@@ -338,8 +357,8 @@ def test_delta_applies_and_reverts_only_on_its_own_models(tok, tmp_path):
     base = copy.deepcopy(model)
     adapter = ModelAdapter.from_model(model, tiny_hparams())
     c0 = {l: random_c0(adapter.key_dim(model, l), l) for l in range(4)}
-    upper = edit(model, tok, [tiny_requests(2)], tiny_hparams(layers=[2, 3]), c0, templates=[["{}"]]).delta
-    lower = edit(model, tok, [tiny_requests(2)], tiny_hparams(layers=[0, 1]), c0, templates=[["{}"]]).delta
+    upper = edit(model, tok, [tiny_requests(2)], tiny_hparams(layers=[2, 3]), c0, "parallel", templates=[["{}"]]).delta
+    lower = edit(model, tok, [tiny_requests(2)], tiny_hparams(layers=[0, 1]), c0, "parallel", templates=[["{}"]]).delta
     lower.apply(model)
     with pytest.raises(DeltaMismatchError, match="other weights differ"):
         upper.apply(model)  # its layers are untouched, but its keys came from the old layers 0-1
@@ -379,9 +398,9 @@ def test_target_cache_reuses_z_only_for_identical_weights_templates_and_hparams(
     assert cache.reused_s > 0
 
     cached.apply(model)  # other weights: every target is optimised again
-    edit(model, tok, [requests[:1]], hp, c0, target_cache=cache)
+    edit(model, tok, [requests[:1]], hp, c0, target_cache=cache, schedule="parallel")
     cached.revert(model)
-    edit(model, tok, [requests[:1]], tiny_hparams(v_lr=0.1), c0, target_cache=cache)  # other hparams
+    edit(model, tok, [requests[:1]], tiny_hparams(v_lr=0.1), c0, "parallel", target_cache=cache)  # other hparams
     templates = [["{}"], ["Because {}"]]
-    edit(model, tok, [requests[:1]], hp, c0, templates=templates, target_cache=cache)  # other templates
+    edit(model, tok, [requests[:1]], hp, c0, "parallel", templates=templates, target_cache=cache)  # other templates
     assert cache.hits == 4 and len(cache) == 7

@@ -21,7 +21,7 @@ def edited(gpt2_f64, tok):
     c0 = {layer: random_c0(adapter.key_dim(gpt2_f64, layer), seed=layer) for layer in hp.layers}
     templates = generate_context_templates(gpt2_f64, tok, 0, hp.context_template_length_params)
     requests = tiny_requests(4)
-    return edit(gpt2_f64, tok, [requests], hp, c0, templates=templates).delta, requests[0]
+    return edit(gpt2_f64, tok, [requests], hp, c0, templates=templates, schedule="parallel").delta, requests[0]
 
 
 def _logits(model, tok, text):
@@ -74,7 +74,8 @@ def test_all_and_none_agree_with_the_evaluator(default_world):
     world = Experiment(SimulationConfig(parties=1, edits_per_party=12, methods=["global"], fluency=False))
     records = default_world.records[:12]
     model, tok = world.model, world.tok
-    delta = edit(model, tok, [requests_from_records(records)], world.hparams, world.c0, templates=world.templates).delta
+    delta = edit(model, tok, [requests_from_records(records)], world.hparams, world.c0, "parallel",
+                 templates=world.templates).delta
     by_position = efficacy_by_position(model, tok, delta, records)
     _, before = evaluate_dataset(model, tok, records, fluency=False)
     delta.apply(model)
@@ -108,7 +109,7 @@ def test_one_layer_edit_attains_the_solve_s_fraction(gpt2_f64, tok):
     adapter = ModelAdapter.from_model(gpt2_f64, hp)
     c0 = {2: random_c0(adapter.key_dim(gpt2_f64, 2), seed=2)}
     request = tiny_requests(1)
-    result = edit(gpt2_f64, tok, [request], hp, c0, templates=[["{}"]], keep_factors=True)
+    result = edit(gpt2_f64, tok, [request], hp, c0, templates=[["{}"]], keep_factors=True, schedule="parallel")
     before = subject_states(gpt2_f64, tok, request, hp)
     result.delta.apply(gpt2_f64)
     try:

@@ -63,12 +63,12 @@ def test_dynamic_covariance_keeps_the_next_round_off_earlier_keys(gpt2_f64, tok,
     """With C_acc = λK₁K₁ᵀ, ΔW₂ minimises ‖ΔW K₂ - R₂‖² + λ tr(ΔW C0 ΔWᵀ) + λ‖ΔW K₁‖², so it moves
     round 1's keys less than the ΔW₂ solved without C_acc (parallel: K₂ and R₂ do not depend on it)."""
     hp, adapter, c0, templates, first, second = two_rounds
-    round1 = edit(gpt2_f64, tok, [first], hp, c0, templates=templates, keep_factors=True)
+    round1 = edit(gpt2_f64, tok, [first], hp, c0, templates=templates, keep_factors=True, schedule="parallel")
     c_acc = update_dynamic_covariance(None, round1.s_kk, hp.mom2_update_weight)
     round1.delta.apply(gpt2_f64)
     try:
-        protected = edit(gpt2_f64, tok, [second], hp, c0, c_acc=c_acc, templates=templates).delta.weights
-        unprotected = edit(gpt2_f64, tok, [second], hp, c0, templates=templates).delta.weights
+        protected = edit(gpt2_f64, tok, [second], hp, c0, "parallel", c_acc=c_acc, templates=templates).delta.weights
+        unprotected = edit(gpt2_f64, tok, [second], hp, c0, templates=templates, schedule="parallel").delta.weights
     finally:
         round1.delta.revert(gpt2_f64)
     for layer in hp.layers:
