@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine: creates (or reuses) .venv, installs the project with its
 # compiled kernels, then runs the main job or the tests.
-#   scripts/dev.sh demo   a real multi-party collaborative edit on the embedded default
+#   scripts/dev.sh demo   a multi-party collaborative edit on the embedded default (in one process)
 #   scripts/dev.sh test   the test suite
 set -euo pipefail
 cd "$(dirname "$0")/.."

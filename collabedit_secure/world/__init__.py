@@ -11,7 +11,8 @@ The default world (WorldConfig()):
   pet, field of study, favourite food, landscape lived near, political party, kind of writing, means
   of travel, house material, hobby, usual drink, guild, birth month;
 - 10-12 objects per relation (invented languages, cities, countries and companies; ordinary words
-  otherwise), 5 relations per person: 5,000 true facts, every (relation, object) held by 19+ people;
+  otherwise), 5 relations per person: 5,000 true facts, every (relation, object) held by 18-26 people
+  (generation checks at least n_neighbours + 1);
 - 5,000 edit cases in the MultiCounterFact schema (1 rewrite prompt, 2 paraphrases after a filler
   sentence, 10 neighbourhood, 10 attribute and 10 generation prompts, target_new from the same
   relation);
@@ -25,8 +26,8 @@ The default world (WorldConfig()):
   of rewrite, paraphrase and neighbourhood prompts prefer the true object to target_new under the
   CounterFact per-token NLL rule (checked after every epoch on 200 records, then on 1,000 in
   float32). Where the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX) the matmuls run in
-  bfloat16 (float32 weights): 6 epochs, about 6.5 minutes on 2 cores; elsewhere in float32, since
-  emulated bfloat16 is about 20x slower. The two precisions train different models, cached apart.
+  bfloat16 (float32 weights): 6 epochs, about 6-6.5 minutes on 2 cores; elsewhere in float32, since
+  emulated bfloat16 is slower (about 20x on AVX2-only CPUs). The two precisions train different models, cached apart.
 
 Entry points: `load_default()` (cached), `build_world(out_dir, config)`, `open_or_build(out_dir)`,
 `WorldConfig`, `tiny_config()`.

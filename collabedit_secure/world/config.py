@@ -45,8 +45,8 @@ class WorldConfig:
     weight_decay: float = 0.0
     object_weight: float = 5.0  # loss weight of the object tokens of fact sentences
     # bfloat16: matmuls under CPU autocast (weights, optimiser state and the saved model stay float32),
-    # 2.2-2.6x the float32 throughput on CPUs with AVX512-BF16 or AMX, but emulated about 20x slower
-    # than float32 elsewhere. "auto" picks by the CPU when the config is made (see native_train_dtype);
+    # 2.2-2.6x the float32 throughput on CPUs with AVX512-BF16 or AMX, but emulated slower than
+    # float32 elsewhere (1.25x with AVX-512, about 20x with AVX2 only). "auto" picks by the CPU when the config is made (see native_train_dtype);
     # the resolved value is what the cache key hashes.
     train_dtype: str = "auto"
     # Not part of the cache key: like the CPU itself, the thread count can change the last bits of the

@@ -2,7 +2,8 @@
 
 Texts are joined with EOS and packed into blocks of n_positions tokens; each epoch reshuffles the
 text order with a seeded generator, so the run is deterministic. After every epoch a sample of
-records is scored; once it clears target + margin, all records are scored (the final check).
+records is scored; once it clears target + margin, `final_check_records` records (1,000 by
+default) are scored in float32 (the final check).
 """
 
 from __future__ import annotations
