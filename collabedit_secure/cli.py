@@ -143,6 +143,16 @@ def _bench_kernels(args: argparse.Namespace) -> None:
     bench_kernels.run(args)
 
 
+def add_c0_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where C0 comes from, for the commands that edit."""
+    parser.add_argument("--stats", type=existing_dir,
+                        help="directory with MEMIT-layout covariance npz files (default: computed from --corpus "
+                             "and cached)")
+    parser.add_argument("--corpus", default="world", type=corpus_name,
+                        help="C0's corpus when --stats is not given: 'world' (default; --model default only) "
+                             "or a text file, one document per line")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="collabedit", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -175,12 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="sequential: true MEMIT (default); parallel: the CollabEdit code's variant")
     edit.add_argument("--hparams", type=existing_file,
                       help="MEMIT hparams YAML (default: chosen from the model family)")
-    edit.add_argument("--stats", type=existing_dir,
-                      help="directory with MEMIT-layout covariance npz files (default: computed from --corpus "
-                           "and cached)")
-    edit.add_argument("--corpus", default="world", type=corpus_name,
-                      help="C0's corpus when --stats is not given: 'world' (default; --model default only) or "
-                           "a text file, one document per line")
+    add_c0_arguments(edit)
     edit.add_argument("--out", required=True, type=new_dir,
                       help="new or empty output directory (HF model + delta + edit_meta.json)")
     edit.set_defaults(handler=_edit)
@@ -203,12 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="HF directory, hub name, or 'default' (others need --dataset and --corpus or --stats)")
     sim.add_argument("--hparams", type=existing_file,
                      help="MEMIT hparams YAML (default: the shipped file for the model and schedule)")
-    sim.add_argument("--stats", type=existing_dir,
-                     help="directory with MEMIT-layout covariance npz files (default: computed from --corpus "
-                          "and cached)")
-    sim.add_argument("--corpus", default="world", type=corpus_name,
-                     help="C0's corpus when --stats is not given: 'world' (default; --model default only) or "
-                          "a text file, one document per line")
+    add_c0_arguments(sim)
     sim.add_argument("--seed", type=int, default=0,
                      help="seed of the draw of edits for the parties and of fluency sampling (default: 0)")
     sim.add_argument("--no-fluency", action="store_true", help="skip generation-based fluency")
