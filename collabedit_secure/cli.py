@@ -38,16 +38,7 @@ def output_file(value: str) -> str:
     path = Path(value)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{value} is a directory; give a file name")
-    ancestor = path.parent  # missing folders are made when the results are written, not now
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise argparse.ArgumentTypeError(f"cannot write {value}: {ancestor} is not a directory")
-    try:
-        with tempfile.TemporaryFile(dir=ancestor):
-            pass
-    except OSError as err:
-        raise argparse.ArgumentTypeError(f"cannot write {value}: {err.strerror or err}") from None
+    _check_writable(path.parent, value)
     return value
 
 
@@ -57,7 +48,22 @@ def new_dir(value: str) -> str:
     if path.exists() and not (path.is_dir() and not any(path.iterdir())):
         raise argparse.ArgumentTypeError(f"{value} already exists and is not an empty directory; "
                                          "pick a new one")
+    _check_writable(path, value)
     return value
+
+
+def _check_writable(folder: Path, value: str) -> None:
+    """Prove `folder` (or, where it does not exist yet, its nearest ancestor) takes new files."""
+    ancestor = folder  # missing folders are made when the results are written, not now
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write {value}: {ancestor} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"cannot write {value}: {err.strerror or err}") from None
 
 
 def positive_int(value: str) -> int:

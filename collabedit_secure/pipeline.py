@@ -15,6 +15,7 @@ from .editing.covariance import (
     SecondMoment, corpus_sample, export_memit_stats, import_memit_stats, layer_stats,
 )
 from .editing.hparams import MemitHparams
+from .editing.tokens import check_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class LoadedModel:
     name: str
     corpus: Callable[[], list[str]] | None = None  # the embedded world's own corpus
     records: list[dict] | None = None  # the embedded world's edit cases
+    stored_dtype: torch.dtype = torch.float32  # what the checkpoint holds (it is edited in float32)
 
 
 def load_model(spec: str, device: str = "cpu") -> LoadedModel:
@@ -40,11 +42,12 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
         bundle = load_default(progress=True)
         model, tok = bundle.load_model(device=device)
         return LoadedModel(model, tok, f"default ({bundle.model_dir})", bundle.corpus_texts, bundle.records)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     local_only = Path(spec).is_dir()
     try:
         tok = AutoTokenizer.from_pretrained(spec, local_files_only=not local_only or None)
+        stored = AutoConfig.from_pretrained(spec, local_files_only=not local_only or None).dtype
         model = AutoModelForCausalLM.from_pretrained(spec, local_files_only=not local_only or None,
                                                      dtype=torch.float32)
     except OSError as err:
@@ -52,10 +55,12 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
             f"cannot load model {spec!r}: not a local HF directory, and not in the local hub cache "
             f"(this machine cannot download weights) ({err})"
         ) from None
+    check_tokenizer(tok, f"the tokenizer of {spec!r}")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token  # MEMIT's convention: pad with EOS, right padding
     tok.padding_side = "right"
-    return LoadedModel(model.to(device).eval(), tok, spec)
+    stored = stored if isinstance(stored, torch.dtype) and stored.is_floating_point else torch.float32
+    return LoadedModel(model.to(device).eval(), tok, spec, stored_dtype=stored)
 
 
 def default_hparams(loaded: LoadedModel, path: str | Path | None = None,
@@ -90,7 +95,9 @@ def read_corpus(corpus: str, loaded: LoadedModel) -> list[str]:
     path = Path(corpus)
     if not path.is_file():
         raise FileNotFoundError(f"corpus file {path} does not exist")
-    texts = [line for line in path.read_text().splitlines() if line.strip()]
+    # Only line ends separate documents (str.splitlines would also split at form feeds and U+2028);
+    # read_text already turns \r\n into \n.
+    texts = [line for line in path.read_text().split("\n") if line.strip()]
     if not texts:
         raise ValueError(f"corpus file {path} has no text (one document per line)")
     return texts
@@ -211,12 +218,15 @@ def run_edit(model: str, requests_path: Path, schedule: str, out: Path, hparams_
     result = edit(loaded.model, loaded.tok, [requests], hparams, c0, schedule=schedule, stats_files=sources)
     result.delta.apply(loaded.model)
     out.mkdir(parents=True, exist_ok=True)
-    loaded.model.save_pretrained(out)
+    # Saved as the base was stored (a bfloat16 checkpoint stays bfloat16); the delta itself applies
+    # to the base loaded in float32, as it was computed.
+    loaded.model.to(loaded.stored_dtype).save_pretrained(out)
     loaded.tok.save_pretrained(out)
     result.delta.save(out / "delta")
     meta = {key: result.delta.metadata.get(key) for key in
             ("schedule", "hparams", "context_templates", "request_ids", "stats_files", "model_fingerprint")}
-    meta.update({"base_model": loaded.name, "n_requests": len(requests)})
+    meta.update({"base_model": loaded.name, "n_requests": len(requests),
+                 "saved_dtype": str(loaded.stored_dtype).removeprefix("torch.")})
     (out / "edit_meta.json").write_text(json.dumps(meta, indent=2, default=str))
     return out
 

@@ -112,6 +112,8 @@ def test_missing_input_paths_fail_before_any_model_loads(argv, tmp_path, capsys,
     (["eval", "--model", "default", "--dataset", "{present}", "--json", "{dir}"], "is a directory"),
     (["bench", "kernels", "--json", "{dir}"], "is a directory"),
     (["simulate", "--json", "{present}/results.json"], "cannot write {present}/results.json"),
+    (["edit", "--model", "default", "--requests", "{present}", "--out", "{present}/edited"],
+     "cannot write {present}/edited: {present} is not a directory"),
 ])
 def test_unwritable_results_files_fail_before_any_work(argv, message, tmp_path, capsys, monkeypatch):
     forbid_work(monkeypatch)
@@ -290,6 +292,41 @@ def test_stats_exports_memit_layout(default_world, tmp_path):
     assert stat.count > 64 and stat.mom2.shape[0] == stat.mom2.shape[1]
     with np.load(files[0]) as raw:  # MEMIT's tally reads it back only with its sample_size argument
         assert int(raw["sample_size"]) == 64
+
+
+def test_a_bfloat16_checkpoint_is_written_back_in_bfloat16(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from collabedit_secure.editing.delta import DeltaMismatchError, EditDelta
+    from tests.editing.conftest import corpus, make_tokenizer, tiny_model
+
+    tok = make_tokenizer()
+    base = tmp_path / "base"
+    tiny_model("llama", tok).to(torch.bfloat16).save_pretrained(base)
+    tok.save_pretrained(base)
+    (tmp_path / "corpus.txt").write_text("\n".join(corpus()))
+    (tmp_path / "hparams.yaml").write_text("base: llama\nlayers: [1, 2]\nv_loss_layer: 3\nv_num_grad_steps: 2\n"
+                                           "mom2_update_weight: 50\ncontext_template_length_params: [[4, 5]]\n")
+    (tmp_path / "requests.json").write_text(json.dumps(
+        [{"prompt": "The mother tongue of {} is", "subject": "Lyon", "target_new": "English"}]))
+    out = tmp_path / "edited"
+    assert main(["edit", "--model", str(base), "--requests", str(tmp_path / "requests.json"), "--hparams",
+                 str(tmp_path / "hparams.yaml"), "--corpus", str(tmp_path / "corpus.txt"), "--out", str(out)]) == 0
+    assert json.loads((out / "edit_meta.json").read_text())["saved_dtype"] == "bfloat16"
+    edited = AutoModelForCausalLM.from_pretrained(out)
+    assert {p.dtype for p in edited.parameters()} == {torch.bfloat16}
+    delta = EditDelta.load(out / "delta")
+    with pytest.raises(DeltaMismatchError, match=r"computed on float32 weights and the model holds bfloat16"):
+        delta.apply(AutoModelForCausalLM.from_pretrained(base))
+    delta.apply(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32))
+
+
+def test_a_corpus_file_is_one_document_per_newline(tmp_path):
+    from collabedit_secure.pipeline import read_corpus
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("page one\x0cstill page one\r\n\nline two \u2028 still two\n  \nthree")
+    assert read_corpus(str(corpus), loaded=None) == ["page one\x0cstill page one", "line two \u2028 still two", "three"]
 
 
 @pytest.mark.parametrize("argv, message", [

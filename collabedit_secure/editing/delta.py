@@ -72,7 +72,7 @@ class EditDelta:
         if expected is not None and expected != actual:
             raise DeltaMismatchError(
                 f"model fingerprint {actual} differs from the one this delta was computed on ({expected}): "
-                "a delta only applies to the exact weights it was computed from"
+                f"a delta only applies to the exact weights it was computed from{self._dtype_hint(model)}"
             )
         expected = self.metadata.get("base_weights_digest")  # absent in deltas saved before it existed
         if expected is not None and expected != self.base_digest(model):
@@ -80,6 +80,13 @@ class EditDelta:
                 "the edited layers match, but other weights differ from the model this delta was computed "
                 "on (e.g. another edit applied since): a delta only applies to the exact weights it was computed from"
             )
+
+    def _dtype_hint(self, model) -> str:
+        computed_on = self.metadata.get("weights_dtype")
+        held = str(get_module(model, next(iter(self.weights))).weight.dtype).removeprefix("torch.")
+        if computed_on is None or computed_on == held:
+            return ""
+        return f" (it was computed on {computed_on} weights and the model holds {held}: load it as {computed_on})"
 
     @torch.no_grad()
     def apply(self, model) -> None:

@@ -28,6 +28,7 @@ from .hparams import MemitHparams
 from .keys import compute_keys
 from .requests import EditRequest
 from .targets import TargetCache, check_prompts_fit, compute_targets
+from .tokens import check_tokenizer
 
 SCHEDULES = ("parallel", "sequential")
 
@@ -140,6 +141,7 @@ def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0
     `target_cache` shares compute_z results between edits that start from identical weights.
     """
     _check_parties(parties)
+    check_tokenizer(tok)
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     adapter = ModelAdapter.from_model(model, hparams)
@@ -184,6 +186,7 @@ def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0
         "context_templates": templates, "request_ids": [[str(r.case_id) for r in p] for p in parties],
         "stats_files": stats_files or {}, "model_fingerprint": base_fingerprint,
         "base_weights_digest": base_digest,
+        "weights_dtype": str(dtypes[f"{names[0]}.weight"]).removeprefix("torch."),
         "model_family": adapter.family, "dynamic_covariance": bool(c_acc), **creation_info(),
     }
     return EditResult(EditDelta(updates, metadata), s_kk, kept, [w.targets for w in workers])

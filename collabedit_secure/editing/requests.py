@@ -23,6 +23,10 @@ class EditRequest:
 
     def __post_init__(self) -> None:
         case = self.case_id
+        for name in ("prompt", "subject", "target_new", "target_true"):
+            value = getattr(self, name)
+            if not isinstance(value, str) and not (name == "target_true" and value is None):
+                raise _fail(case, f"{name} must be a string, got {value!r}")
         if self.prompt.count("{}") != 1:
             raise _fail(case, f"prompt must contain exactly one '{{}}' subject slot, found "
                               f"{self.prompt.count('{}')} in {self.prompt!r}")
@@ -55,20 +59,29 @@ class EditRequest:
 
     @classmethod
     def from_record(cls, record: dict) -> "EditRequest":
-        """From a CounterFact / MultiCounterFact record (`requested_rewrite` with `str` targets)."""
+        """From a CounterFact / MultiCounterFact record (`requested_rewrite` with {"str": ...} targets,
+        or plain strings as a hand-written request file has them)."""
         case_id = record.get("case_id", "<no case_id>")
         rewrite = record.get("requested_rewrite")
         if not isinstance(rewrite, dict):
             raise _fail(case_id, "record has no 'requested_rewrite' mapping")
-        try:
-            target_true = rewrite.get("target_true", {}).get("str")
-            return cls(case_id, rewrite["prompt"], rewrite["subject"], rewrite["target_new"]["str"], target_true)
-        except (KeyError, TypeError) as err:
-            raise _fail(case_id, f"requested_rewrite lacks field {err}") from None
+        missing = [field for field in ("prompt", "subject", "target_new") if field not in rewrite]
+        if missing:
+            raise _fail(case_id, f"requested_rewrite lacks field {missing[0]!r}")
+        target_true = _target(case_id, rewrite, "target_true") if rewrite.get("target_true") is not None else None
+        return cls(case_id, rewrite["prompt"], rewrite["subject"], _target(case_id, rewrite, "target_new"), target_true)
 
     def text(self, template: str = "{}") -> str:
         """The prompt placed in a context template, with the subject filled in."""
         return template.format(self.prompt).format(self.subject)
+
+
+def _target(case_id, rewrite: dict, field: str) -> str:
+    value = rewrite[field]
+    value = value.get("str") if isinstance(value, dict) else value
+    if not isinstance(value, str):
+        raise _fail(case_id, f"{field} must be a string or {{\"str\": string}}, got {rewrite[field]!r}")
+    return value
 
 
 def requests_from_records(records) -> list[EditRequest]:

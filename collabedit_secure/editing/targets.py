@@ -23,7 +23,7 @@ from .fingerprint import weights_digest
 from .hooks import edit_output, trace
 from .hparams import MemitHparams
 from .requests import EditRequest, RequestError
-from .tokens import context_limit, continuation_ids, encode, quoted, subject_last_index
+from .tokens import context_limit, continuation_ids, encode_ids, quoted, subject_last_index
 
 KL_PROMPT = "{} is a"
 EARLY_STOP_LOSS = 5e-2
@@ -52,11 +52,19 @@ def frozen(model):
         model.train(was_training)
 
 
-def _prompts(tok, request: EditRequest, templates, target_ids: list[int]) -> list[str]:
-    """Rewriting prompts (each context + prompt + all target tokens but the last), then the KL prompt."""
-    continuation = tok.decode(target_ids[:-1])
-    rewriting = [c.format(request.prompt) + continuation for group in templates for c in group]
-    return rewriting + [KL_PROMPT]
+def _prompts(request: EditRequest, templates) -> list[str]:
+    """Rewriting prompts (each context template around the prompt), then the KL prompt; "{}" is the subject."""
+    return [c.format(request.prompt) for group in templates for c in group] + [KL_PROMPT]
+
+
+def _rows(tok, request: EditRequest, templated: list[str], target_ids: list[int]) -> list[list[int]]:
+    """Token ids: each rewriting prompt followed by all target tokens but the last, then the KL prompt.
+
+    The target is appended as ids, not as decoded text: a SentencePiece decode drops the first
+    piece's "▁", and re-tokenising "...isEnglish" would train the model on other tokens.
+    """
+    rows = [tok(t.format(request.subject))["input_ids"] for t in templated]
+    return [row + target_ids[:-1] for row in rows[:-1]] + rows[-1:]
 
 
 def _labels(batch, n_rewriting: int, target_ids: list[int]) -> torch.Tensor:
@@ -79,8 +87,8 @@ def compute_z(model, tok, adapter: ModelAdapter, hp: MemitHparams, request: Edit
     target_ids = continuation_ids(tok, request.text(), request.target_new)
     if not target_ids:
         raise ValueError(f"edit request {request.case_id!r}: target_new tokenises to nothing")
-    templated = _prompts(tok, request, templates, target_ids)
-    batch = encode(tok, [t.format(request.subject) for t in templated], device)
+    templated = _prompts(request, templates)
+    batch = encode_ids(tok, _rows(tok, request, templated, target_ids), device)
     n_rw = len(templated) - 1
     rows = torch.arange(len(templated), device=device)
     lookup = torch.tensor([batch.absolute(i, subject_last_index(tok, t, request.subject))
@@ -143,8 +151,8 @@ def check_prompts_fit(model, tok, requests, templates: list[list[str]]) -> None:
         return
     for request in requests:
         target_ids = continuation_ids(tok, request.text(), request.target_new)
-        for text in _prompts(tok, request, templates, target_ids)[:-1]:
-            length = len(tok(text.format(request.subject))["input_ids"])
+        templated = _prompts(request, templates)
+        for length in map(len, _rows(tok, request, templated, target_ids)[:-1]):
             if length > limit:
                 raise RequestError(
                     f"edit request {request.case_id!r}: prompt {quoted(request.text())} with a context template "

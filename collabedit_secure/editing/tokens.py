@@ -29,9 +29,23 @@ class Batch:
 
 
 def encode(tok, texts: list[str], device) -> Batch:
+    """Texts as one padded batch (the tokenizer's padding side)."""
+    _require_pad(tok)
+    return _batch(tok(texts, padding=True, return_tensors="pt"), device)
+
+
+def encode_ids(tok, rows: list[list[int]], device) -> Batch:
+    """Token id sequences as one padded batch, padded as `encode` pads texts."""
+    _require_pad(tok)
+    return _batch(tok.pad({"input_ids": rows}, return_tensors="pt"), device)
+
+
+def _require_pad(tok) -> None:
     if tok.pad_token_id is None:
         raise ValueError("tokenizer has no pad token; set tok.pad_token = tok.eos_token as MEMIT does")
-    enc = tok(texts, padding=True, return_tensors="pt")
+
+
+def _batch(enc, device) -> Batch:
     mask = enc["attention_mask"]
     lengths = mask.sum(1)
     starts = (mask.cumsum(1) == 0).sum(1)  # leading zeros
@@ -83,3 +97,16 @@ def context_limit(model) -> int | None:
 def quoted(text: str, width: int = 80) -> str:
     """repr(text) for an error message, cut after `width` characters (an over-long prompt is the usual case)."""
     return repr(text) if len(text) <= width else f"{text[:width]!r}... ({len(text)} characters)"
+
+
+def check_tokenizer(tok, source: str = "the tokenizer") -> None:
+    """Refuse tokenizers whose positions MEMIT cannot use, saying why (before any forward pass)."""
+    probe = "The mother tongue of Danielle Darrieux is"
+    bare = tok(probe, add_special_tokens=False)["input_ids"]
+    if not bare:
+        raise ValueError(f"{source} turns text into no tokens (is it a model directory without tokenizer files?)")
+    full = tok(probe)["input_ids"]
+    if full[len(full) - len(bare):] != bare:
+        raise ValueError(f"{source} appends special tokens after the text ({tok.convert_ids_to_tokens(full[-1])!r}): "
+                         "prompts would end in them, and the subject's and targets' positions would be off; "
+                         "turn that off (e.g. add_eos_token=False)")

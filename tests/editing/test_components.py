@@ -203,6 +203,15 @@ def test_request_from_raw_prompt_and_record():
     assert request.target_new == " piano" and request.target_true == "guitar"
     with pytest.raises(RequestError, match="3.*lacks field 'subject'"):
         EditRequest.from_record({"case_id": 3, "requested_rewrite": {"prompt": "{} x", "target_new": {"str": "y"}}})
+    # A hand-written request file may give targets as plain strings.
+    plain = EditRequest.from_record({"case_id": 4, "requested_rewrite": {"prompt": "{} x", "subject": "Tom",
+                                                                         "target_new": "y", "target_true": "z"}})
+    assert (plain.target_new, plain.target_true) == (" y", "z")
+    for bad, field in (({"target_new": 5}, "target_new"), ({"target_new": {"id": "Q1"}}, "target_new"),
+                       ({"target_new": "y", "prompt": 7}, "prompt")):
+        rewrite = {"prompt": "{} x", "subject": "Tom", **bad}
+        with pytest.raises(RequestError, match=f"^edit request 5: {field} must be a string"):
+            EditRequest.from_record({"case_id": 5, "requested_rewrite": rewrite})
 
 
 def test_subject_index_same_under_left_and_right_padding(gpt2_f64, tok):
@@ -247,6 +256,51 @@ def test_targets_are_the_tokens_that_follow_the_prompt(kind, tok):
         assert ids == alone  # MEMIT's tokenisation, where it is right
     else:
         assert tokenizer.convert_ids_to_tokens(alone)[0] == "▁" and ids == alone[1:]  # no lone "▁"
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_compute_z_reads_each_prompt_followed_by_its_target(family, tok):
+    """What the model is fed while z is optimised: every context + prompt, then the target's tokens as they
+    follow it in one text (all but the last, which is only predicted). Captured at the embedding."""
+    tokenizer = tok if family == "gpt2" else make_sentencepiece_style_tokenizer()
+    model = tiny_model(family, tokenizer)
+    request = EditRequest("c", "The mother tongue of {} is", "Danielle Darrieux", "Autonomous University of Madrid")
+    templates = [["{}"], ["The. {}", "Because Lyon. {}"]]
+    fed = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, args, out: fed.append(args[0].tolist()))
+    try:
+        compute_z(model, tokenizer, ModelAdapter.from_model(model), tiny_hparams(v_num_grad_steps=1), request,
+                  templates)
+    finally:
+        hook.remove()
+    rows = [row[: len(row) - next(i for i, t in enumerate(reversed(row)) if t != tokenizer.pad_token_id)]
+            for row in fed[0]]  # right padding stripped
+    texts = [c.format(request.prompt).format(request.subject) for group in templates for c in group]
+    wanted = [tokenizer(t + request.target_new)["input_ids"][:-1] for t in texts]
+    assert len(wanted[0]) - len(tokenizer(texts[0])["input_ids"]) >= 3  # a multi-token target
+    assert rows[:-1] == wanted
+    assert rows[-1] == tokenizer("Danielle Darrieux is a")["input_ids"]  # the KL prompt
+
+
+def test_a_tokenizer_that_appends_eos_is_refused(tok):
+    from tokenizers import processors
+
+    tokenizer = make_sentencepiece_style_tokenizer()
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", bos), ("</s>", eos)])
+    assert tokenizer("Lyon is")["input_ids"][-1] == eos
+    model = tiny_model("llama", tokenizer)
+    with pytest.raises(ValueError, match=r"the tokenizer appends special tokens after the text \('</s>'\)"):
+        edit(model, tokenizer, [tiny_requests(1)], tiny_hparams(), {})
+
+
+def test_a_model_directory_without_tokenizer_files_is_refused(tok, tmp_path):
+    from collabedit_secure.pipeline import load_model
+
+    tiny_model("gpt2", tok).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=f"the tokenizer of '{tmp_path}' turns text into no tokens"):
+        load_model(str(tmp_path))
 
 
 def test_request_subject_is_stripped_so_text_and_index_agree(tok):
