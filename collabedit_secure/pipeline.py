@@ -32,6 +32,7 @@ class LoadedModel:
     corpus: Callable[[], list[str]] | None = None  # the embedded world's own corpus
     records: list[dict] | None = None  # the embedded world's edit cases
     stored_dtype: torch.dtype = torch.float32  # what the checkpoint holds (it is edited in float32)
+    embedded: bool = False  # the embedded default world model
 
 
 def load_model(spec: str, device: str = "cpu") -> LoadedModel:
@@ -41,7 +42,8 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
 
         bundle = load_default(progress=True)
         model, tok = bundle.load_model(device=device)
-        return LoadedModel(model, tok, f"default ({bundle.model_dir})", bundle.corpus_texts, bundle.records)
+        return LoadedModel(model, tok, f"default ({bundle.model_dir})", bundle.corpus_texts, bundle.records,
+                           embedded=True)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     local_only = Path(spec).is_dir()
@@ -60,7 +62,8 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
         tok.pad_token = tok.eos_token  # MEMIT's convention: pad with EOS, right padding
     tok.padding_side = "right"
     stored = stored if isinstance(stored, torch.dtype) and stored.is_floating_point else torch.float32
-    return LoadedModel(model.to(device).eval(), tok, spec, stored_dtype=stored)
+    name = str(Path(spec).resolve()) if local_only else spec  # results name the model wherever they are read
+    return LoadedModel(model.to(device).eval(), tok, name, stored_dtype=stored)
 
 
 def default_hparams(loaded: LoadedModel, path: str | Path | None = None,
@@ -68,7 +71,7 @@ def default_hparams(loaded: LoadedModel, path: str | Path | None = None,
     """The given YAML, else the shipped file for the embedded default (per schedule) or the model's family."""
     if path is not None:
         return MemitHparams.from_yaml(path)
-    if loaded.name.startswith(DEFAULT_MODEL):
+    if loaded.embedded:
         return MemitHparams.builtin("default-world-parallel" if schedule == "parallel" else "default-world")
     family = ModelAdapter.from_model(loaded.model).family
     shipped = {"gpt2": "gpt2-xl", "gptj": "gpt-j-6b", "llama": "llama", "mistral": "llama", "qwen2": "llama"}
@@ -116,14 +119,15 @@ def covariances(loaded: LoadedModel, hparams: MemitHparams, corpus: str = "world
         if stats_dir is not None:
             path = stats_file(Path(stats_dir), name, hparams)
             stat = import_memit_stats(path)
-            sources[name] = str(path)
+            sources[name] = str(path.resolve())
         else:
             texts = texts if texts is not None else read_corpus(corpus, loaded)
             stat = layer_stats(loaded.model, loaded.tok, name, texts,
                                n_samples=n_samples or hparams.mom2_n_samples,
                                max_length=hparams.mom2_max_length, batch_size=hparams.mom2_batch_size,
                                progress=progress)
-            sources[name] = f"computed: {corpus} corpus, {stat.count} tokens (cached)"
+            where = corpus if corpus == "world" else str(Path(corpus).resolve())
+            sources[name] = f"computed: {where} corpus, {stat.count} tokens"
         c0[name] = stat.moment()
     return c0, sources
 

@@ -127,7 +127,7 @@ def test_every_shipped_hparams_file_loads():
 def test_embedded_default_hparams_follow_the_schedule():
     from collabedit_secure.pipeline import LoadedModel, default_hparams
 
-    loaded = LoadedModel(model=None, tok=None, name="default (/cache/world-0123/model)")
+    loaded = LoadedModel(model=None, tok=None, name="default (/cache/world-0123/model)", embedded=True)
     assert default_hparams(loaded, schedule="parallel") == MemitHparams.builtin("default-world-parallel")
     assert default_hparams(loaded, schedule="sequential") == MemitHparams.builtin("default-world")
     assert default_hparams(loaded).mom2_update_weight == 300
@@ -301,6 +301,18 @@ def test_a_model_directory_without_tokenizer_files_is_refused(tok, tmp_path):
     tiny_model("gpt2", tok).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=f"the tokenizer of '{tmp_path}' turns text into no tokens"):
         load_model(str(tmp_path))
+
+
+def test_a_local_model_is_named_by_its_absolute_path_and_never_taken_for_the_default(tok, tmp_path, monkeypatch):
+    from collabedit_secure.pipeline import default_hparams, load_model
+
+    folder = tmp_path / "default-gpt2"  # a name that starts like the embedded default's
+    tiny_model("gpt2", tok).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    monkeypatch.chdir(tmp_path)
+    loaded = load_model("default-gpt2")
+    assert loaded.name == str(folder.resolve()) and not loaded.embedded
+    assert default_hparams(loaded).layers == MemitHparams.builtin("gpt2-xl").layers  # its family's file
 
 
 def test_request_subject_is_stripped_so_text_and_index_agree(tok):
