@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from ..kernels import unpack_upper
-from ..merging.collabedit import collabedit_merge, update_dynamic_covariance  # noqa: F401 (re-export)
+from ..merging.collabedit import check_preservation, collabedit_merge, update_dynamic_covariance  # noqa: F401 (re-export)
 from .adapters import ModelAdapter
 from .context import check_templates, generate_context_templates
 from .delta import EditDelta, creation_info
@@ -151,6 +151,8 @@ def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0
     dims = {name: adapter.key_dim(model, layer) for name, layer in zip(names, layers)}
     c0 = _by_module(c0, adapter, layers, "C0", dims, required=True)
     c_acc = _by_module(c_acc, adapter, layers, "C_acc", dims, required=False)
+    for name in names:  # before compute_z, so that a bad C0 costs no optimisation
+        check_preservation(c0[name], lam, c_acc.get(name), layer=name)
     base_fingerprint, base_digest = EditDelta.fingerprint(model, names), EditDelta.base_digest(model)
     if templates is None:
         templates = generate_context_templates(model, tok, hparams.context_template_seed,

@@ -18,6 +18,7 @@ from collabedit_secure.editing.keys import compute_keys
 from collabedit_secure.editing.targets import TargetCache, compute_z
 from collabedit_secure.editing.tokens import continuation_ids, subject_last_index
 from collabedit_secure.eval.nll import target_nll
+from collabedit_secure.kernels import NotPositiveDefiniteError
 
 from .conftest import (
     RELATIONS, SUBJECTS, corpus, make_sentencepiece_style_tokenizer, random_c0, tiny_hparams, tiny_model,
@@ -84,6 +85,29 @@ def test_an_edit_longer_than_the_context_is_named_before_any_target_is_optimised
                                            r"context template and its target is \d+ tokens, more than the "
                                            r"model's context of 64 tokens$"):
         edit(model, tok, [tiny_requests(2), [long]], hp, c0)
+
+
+@pytest.mark.parametrize("defect", ["rank-deficient", "indefinite", "nan"])
+def test_an_unusable_c0_is_refused_before_any_target_is_optimised(defect, tok, monkeypatch):
+    import collabedit_secure.editing.targets as targets
+
+    monkeypatch.setattr(targets, "compute_z", lambda *a, **k: pytest.fail("compute_z ran before the check"))
+    model = tiny_model("gpt2", tok)
+    hp = tiny_hparams()
+    adapter = ModelAdapter.from_model(model, hp)
+    c0 = {l: random_c0(adapter.key_dim(model, l), l) for l in hp.layers}
+    bad_layer = hp.layers[-1]
+    if defect == "rank-deficient":  # a key dimension the corpus never reached
+        c0[bad_layer][:, 5] = 0.0
+        c0[bad_layer][5, :] = 0.0
+    elif defect == "indefinite":
+        c0[bad_layer][3, 3] = -1.0
+    else:
+        c0[bad_layer][0, 1] = float("nan")
+    expected = "NaN or Inf" if defect == "nan" else r"not positive definite \(leading minor \d+ of \d+\)"
+    error = ValueError if defect == "nan" else NotPositiveDefiniteError
+    with pytest.raises(error, match=rf"^lambda C0 \+ C_acc for layer {adapter.rewrite_name(bad_layer)} .*{expected}"):
+        edit(model, tok, [tiny_requests(2)], hp, c0)
 
 
 def test_hparams_yaml_round_trip(tmp_path):
