@@ -129,6 +129,7 @@ def _simulate(args: argparse.Namespace) -> None:
         stats=Path(args.stats) if args.stats else None,
         seed=args.seed,
         fluency=not args.no_fluency,
+        fluency_max_len=args.fluency_tokens,
         float64_weights=args.float64_weights,
     )
     run_simulation(config, json_out=Path(args.json) if args.json else None)
@@ -139,7 +140,7 @@ def _eval(args: argparse.Namespace) -> None:
 
     round_prompts = Path(args.round_prompts) if args.round_prompts else None
     summary = run_eval(args.model, Path(args.dataset), Path(args.json), fluency=not args.no_fluency,
-                       round_prompts=round_prompts)
+                       round_prompts=round_prompts, max_out_len=args.fluency_tokens)
     print(json.dumps(summary, indent=2))
 
 
@@ -217,7 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_c0_arguments(sim)
     sim.add_argument("--seed", type=int, default=0,
                      help="seed of the draw of edits for the parties and of fluency sampling (default: 0)")
-    sim.add_argument("--no-fluency", action="store_true", help="skip generation-based fluency")
+    sim_fluency = sim.add_mutually_exclusive_group()
+    sim_fluency.add_argument("--no-fluency", action="store_true", help="skip generation-based fluency")
+    sim_fluency.add_argument("--fluency-tokens", type=positive_int, metavar="N",
+                     help="length of each fluency sample in tokens, prompt included (default: MEMIT's 100; "
+                          "40 on the embedded world, as its recorded results)")
     sim.add_argument("--float64-weights", action="store_true",
                      help="hold the model in float64 between rounds, so each round builds on the earlier "
                           "updates unrounded (evaluation runs in float64 too, slower)")
@@ -231,7 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--round-prompts", type=existing_file,
                     help="conflict datasets only: round_prompts.json, the relation probes of the conflict "
                          "metrics (p_conf vs p_obj on each relation's prompts)")
-    ev.add_argument("--no-fluency", action="store_true", help="skip generation-based fluency (CounterFact)")
+    ev_fluency = ev.add_mutually_exclusive_group()
+    ev_fluency.add_argument("--no-fluency", action="store_true", help="skip generation-based fluency (CounterFact)")
+    ev_fluency.add_argument("--fluency-tokens", type=positive_int, default=100, metavar="N",
+                    help="length of each fluency sample in tokens, prompt included (default: MEMIT's 100)")
     ev.add_argument("--json", required=True, type=output_file, help="write the per-case report here")
     ev.set_defaults(handler=_eval)
 

@@ -40,6 +40,9 @@ METHODS = ("collabedit", "global", "ta", "sa", "ties", "none")
 LOCAL_MERGES = {"ta": task_arithmetic, "sa": simple_average, "ties": ties_merge}
 
 
+MEMIT_FLUENCY_TOKENS, WORLD_FLUENCY_TOKENS = 100, 40
+
+
 @dataclass
 class SimulationConfig:
     parties: int = 10
@@ -54,7 +57,9 @@ class SimulationConfig:
     stats: Path | None = None  # or MEMIT-layout npz files, instead of computing C0
     seed: int = 0
     fluency: bool = True
-    fluency_max_len: int = 40
+    # Tokens per fluency sample, prompt included. None: MEMIT's 100, or for the embedded world the 40
+    # that its recorded results used (validate() fills it in, so the JSON records the value).
+    fluency_max_len: int | None = None
     float64_weights: bool = False  # hold the model in float64, so later rounds build on unrounded updates
 
     def validate(self) -> None:
@@ -66,6 +71,10 @@ class SimulationConfig:
         for name in ("parties", "edits_per_party", "rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.fluency_max_len is None:
+            self.fluency_max_len = WORLD_FLUENCY_TOKENS if self.model == DEFAULT_MODEL else MEMIT_FLUENCY_TOKENS
+        if self.fluency_max_len < 1:
+            raise ValueError(f"fluency-tokens must be >= 1, got {self.fluency_max_len}")
         if self.schedule not in ("parallel", "sequential"):
             raise ValueError(f"schedule must be parallel or sequential, got {self.schedule!r}")
         if self.model != DEFAULT_MODEL and self.dataset is None:

@@ -25,6 +25,7 @@ def test_simulate_collabedit_equals_global_and_writes_the_table(default_world, t
     # The default schedule is true MEMIT, with the hparams shipped for it.
     assert report["config"]["schedule"] == "sequential"
     assert report["config"]["hparams"]["mom2_update_weight"] == 300  # default-world.yaml
+    assert report["config"]["fluency_max_len"] == 40  # the embedded world's recorded length
     methods = report["methods"]
     assert set(methods) == {"collabedit", "global", "ta", "sa", "ties"}
     assert methods["collabedit"]["delta_rel_err_vs_global"] <= 1e-9
@@ -169,6 +170,7 @@ def test_a_local_model_directory_through_stats_edit_and_simulate(default_world, 
                  "--edits-per-party", "2", "--methods", "collabedit,global", "--no-fluency", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["model"] == model and report["config"]["corpus"] == str(corpus)
+    assert report["config"]["fluency_max_len"] == 100  # MEMIT's, for any model but the embedded one
     assert all(f"{corpus} corpus" in source for source in report["c0"].values())
     assert report["methods"]["collabedit"]["delta_rel_err_vs_global"] <= 1e-9
 
@@ -527,6 +529,9 @@ def test_eval_report_records_the_edit_and_the_fluency_settings(default_world, tm
                             "layers": edit_meta["hparams"]["layers"], "method": "MEMIT"}
     assert meta["edit"]["base_model"].startswith("default (") and meta["edit"]["model_fingerprint"]
     assert meta["fluency"] == {"seed": 0, "max_out_len": 100}
+    assert main(["eval", "--model", "default", "--dataset", str(requests), "--fluency-tokens", "30",
+                 "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["meta"]["fluency"] == {"seed": 0, "max_out_len": 30}
     assert main(["eval", "--model", "default", "--dataset", str(requests), "--no-fluency", "--json", str(out)]) == 0
     meta = json.loads(out.read_text())["meta"]
     assert meta["edit"] is None and meta["fluency"] is None and meta["round_prompts"] is None
