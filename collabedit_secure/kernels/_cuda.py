@@ -76,7 +76,7 @@ def covariance_accumulate(acc: Any, keys: Any, mask: Any) -> Any:
     return acc
 
 
-def regularized_solve(c0, lam, s_kk, s_rk, c_acc, refine, layer, max_iter: int = 3):
+def regularized_solve(c0, lam, s_kk, s_rk, c_acc, refine, layer, max_iter: int = 30):  # LAPACK's ITERMAX
     d = c0.shape[0]
     c0, s_kk = _contiguous(c0), _contiguous(s_kk)
     c_acc = None if c_acc is None else _contiguous(c_acc)

@@ -156,8 +156,9 @@ def regularized_solve(
     reads only their upper triangle (i <= j) and takes the lower as its mirror (checking symmetry
     would cost half a solve at d = 6400). Every operand must be finite, all of it (ValueError
     naming it). Returns a new float64 (d_out, d) array of the same kind as s_rk.
-    `refine` adds float64 iterative refinement where the factorisation ran in float32 (GPU); the
-    CPU factorises in float64. Raises NotPositiveDefiniteError (naming `layer`) instead of NaN.
+    `refine` lets the GPU factor in float32 and refine in float64 until every right-hand side's
+    backward error is at float64 level (LAPACK dsposv's test), factoring in float64 where float32
+    cannot factor the system or does not converge; the CPU factorises in float64. Raises NotPositiveDefiniteError (naming `layer`) instead of NaN.
     """
     d = _check_solve(c0, lam, s_kk, s_rk, c_acc, layer)
     backend = _backends.backend_for(c0, s_kk, s_rk, c_acc)

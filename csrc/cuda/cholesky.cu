@@ -2,6 +2,9 @@
 // blocked right-looking Cholesky A = L Lᵀ (float32 with float64 refinement, or float64),
 // then per right-hand side a forward and a backward substitution.
 #include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "kernels_cuda.h"
@@ -10,6 +13,7 @@ namespace ce::cuda {
 namespace {
 
 constexpr int kBlock = 32;  // Cholesky panel width
+constexpr int64_t kFallBack = -3;  // float32 could not factor A or refinement did not converge
 
 __device__ inline int64_t packed_row(int64_t i, int64_t d) { return i * d - i * (i - 1) / 2; }
 
@@ -142,6 +146,46 @@ __global__ void add_in_place(double* x, const double* dx, int64_t n, int* non_fi
   }
 }
 
+// ‖A‖∞ (max row sum of |A|), one block per row; non-negative doubles order as their bit patterns.
+__global__ void inf_norm(const double* a, int64_t d, unsigned long long* norm_bits) {
+  __shared__ double partial[256];
+  const double* row = a + blockIdx.x * d;
+  double s = 0;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) s += fabs(row[j]);
+  partial[threadIdx.x] = s;
+  __syncthreads();
+  for (int w = blockDim.x / 2; w > 0; w /= 2) {
+    if (threadIdx.x < w) partial[threadIdx.x] += partial[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) atomicMax(norm_bits, static_cast<unsigned long long>(__double_as_longlong(partial[0])));
+}
+
+// Sets *flag unless every right-hand side (one block per row) has ‖r‖∞ <= tolerance · ‖x‖∞ and is finite.
+__global__ void flag_unconverged(const double* r, const double* x, int64_t d, double tolerance, int* flag) {
+  __shared__ double r_max[256], x_max[256];
+  const double *r_row = r + blockIdx.x * d, *x_row = x + blockIdx.x * d;
+  double rm = 0, xm = 0;
+  bool bad = false;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    bad |= !isfinite(r_row[j]) || !isfinite(x_row[j]);
+    rm = fmax(rm, fabs(r_row[j]));
+    xm = fmax(xm, fabs(x_row[j]));
+  }
+  bad = __syncthreads_or(bad);
+  r_max[threadIdx.x] = rm;
+  x_max[threadIdx.x] = xm;
+  __syncthreads();
+  for (int w = blockDim.x / 2; w > 0; w /= 2) {
+    if (threadIdx.x < w) {
+      r_max[threadIdx.x] = fmax(r_max[threadIdx.x], r_max[threadIdx.x + w]);
+      x_max[threadIdx.x] = fmax(x_max[threadIdx.x], x_max[threadIdx.x + w]);
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0 && (bad || !(r_max[0] <= tolerance * x_max[0]))) atomicExch(flag, 1);
+}
+
 template <typename T>
 struct DeviceBuffer {
   T* ptr = nullptr;
@@ -169,9 +213,42 @@ int64_t factor(T* a, int64_t d, long long* info, cudaStream_t stream) {
   return 0;
 }
 
+// Float64 residuals and float32-factor corrections until every right-hand side's backward error is
+// at float64 level (LAPACK dsposv's test: ‖r‖∞ <= ‖x‖∞ · ‖A‖∞ · eps · √d); false if max_iter
+// corrections do not get there, as on systems too ill-conditioned for a float32 factor.
+bool refine_until_converged(const float* l, const double* a64, const double* rhs, double* r, double* x, int64_t d,
+                            int64_t d_out, int max_iter, int* flag, cudaStream_t stream) {
+  DeviceBuffer<unsigned long long> norm_bits(1, stream);
+  check(cudaMemsetAsync(norm_bits.ptr, 0, sizeof(unsigned long long), stream), "clearing norm");
+  inf_norm<<<static_cast<unsigned>(d), 256, 0, stream>>>(a64, d, norm_bits.ptr);
+  unsigned long long bits = 0;
+  check(cudaMemcpyAsync(&bits, norm_bits.ptr, sizeof(bits), cudaMemcpyDeviceToHost, stream), "reading norm");
+  check(cudaStreamSynchronize(stream), "norm");
+  double a_norm = 0;
+  std::memcpy(&a_norm, &bits, sizeof(a_norm));
+  const double lapack_eps = std::numeric_limits<double>::epsilon() / 2;  // LAPACK's dlamch('E')
+  const double tolerance = a_norm * lapack_eps * std::sqrt(static_cast<double>(d));
+  const unsigned blocks = static_cast<unsigned>((d + 15) / 16);
+  const dim3 tiles(blocks, static_cast<unsigned>((d_out + 15) / 16));
+  const int64_t words = d_out * d;
+  for (int step = 0;; ++step) {
+    residual<<<tiles, dim3(16, 16), 0, stream>>>(rhs, x, a64, d_out, d, r);
+    check(cudaMemsetAsync(flag, 0, sizeof(int), stream), "clearing flag");
+    flag_unconverged<<<static_cast<unsigned>(d_out), 256, 0, stream>>>(r, x, d, tolerance, flag);
+    int unconverged = 0;
+    check(cudaMemcpyAsync(&unconverged, flag, sizeof(int), cudaMemcpyDeviceToHost, stream), "reading flag");
+    check(cudaStreamSynchronize(stream), "refinement");
+    if (!unconverged) return true;
+    if (step == max_iter) return false;
+    substitute<float><<<static_cast<unsigned>(d_out), 256, 0, stream>>>(l, d, r);
+    add_in_place<<<1024, 256, 0, stream>>>(x, r, words, flag);
+  }
+}
+
 template <typename T>
 int64_t solve_with(const Operand& c0, double lam, const Operand& c_acc, const Operand& s_kk, int64_t d, double* x,
-                   int64_t d_out, int refinements, cudaStream_t stream) {
+                   int64_t d_out, int max_iter, cudaStream_t stream) {
+  constexpr bool mixed = std::is_same_v<T, float>;
   DeviceBuffer<double> a64(size_t(d) * d, stream);
   DeviceBuffer<T> a(size_t(d) * d, stream);
   DeviceBuffer<int> flag(1, stream);
@@ -184,17 +261,20 @@ int64_t solve_with(const Operand& c0, double lam, const Operand& c_acc, const Op
   check(cudaMemcpyAsync(&non_finite, flag.ptr, sizeof(int), cudaMemcpyDeviceToHost, stream), "reading flag");
   check(cudaStreamSynchronize(stream), "assembling the system");
   if (non_finite) return -1;
-  if (const int64_t status = factor(a.ptr, d, info.ptr, stream)) return status;
+  // A float64-definite A can round to a float32 matrix that is not: only float64 may call it indefinite.
+  if (const int64_t status = factor(a.ptr, d, info.ptr, stream)) return mixed ? kFallBack : status;
   if (d_out == 0) return 0;
   const size_t words = size_t(d_out) * d;
-  DeviceBuffer<double> rhs(words, stream), r(words, stream);
-  check(cudaMemcpyAsync(rhs.ptr, x, words * sizeof(double), cudaMemcpyDeviceToDevice, stream), "copying S_RK");
+  DeviceBuffer<double> rhs(mixed ? words : 0, stream), r(mixed ? words : 0, stream);
+  if (mixed) check(cudaMemcpyAsync(rhs.ptr, x, words * sizeof(double), cudaMemcpyDeviceToDevice, stream), "copying S_RK");
   substitute<T><<<static_cast<unsigned>(d_out), 256, 0, stream>>>(a.ptr, d, x);
-  for (int step = 0; step < refinements; ++step) {
-    residual<<<dim3(blocks, static_cast<unsigned>((d_out + 15) / 16)), dim3(16, 16), 0, stream>>>(rhs.ptr, x, a64.ptr, d_out, d, r.ptr);
-    substitute<T><<<static_cast<unsigned>(d_out), 256, 0, stream>>>(a.ptr, d, r.ptr);
-    add_in_place<<<1024, 256, 0, stream>>>(x, r.ptr, static_cast<int64_t>(words), flag.ptr);
+  if constexpr (mixed) {
+    if (!refine_until_converged(a.ptr, a64.ptr, rhs.ptr, r.ptr, x, d, d_out, max_iter, flag.ptr, stream)) {
+      check(cudaMemcpyAsync(x, rhs.ptr, words * sizeof(double), cudaMemcpyDeviceToDevice, stream), "restoring S_RK");
+      return kFallBack;
+    }
   }
+  check(cudaMemsetAsync(flag.ptr, 0, sizeof(int), stream), "clearing flag");
   add_in_place<<<1024, 256, 0, stream>>>(x, nullptr, static_cast<int64_t>(words), flag.ptr);
   check(cudaGetLastError(), "solve launch");
   check(cudaMemcpyAsync(&non_finite, flag.ptr, sizeof(int), cudaMemcpyDeviceToHost, stream), "reading flag");
@@ -207,8 +287,11 @@ int64_t solve_with(const Operand& c0, double lam, const Operand& c_acc, const Op
 int64_t regularized_solve(const Operand& c0, double lam, const Operand& c_acc, const Operand& s_kk, int64_t d,
                           double* x, int64_t d_out, bool refine, int max_iter, cudaStream_t stream) {
   if (d == 0) return 0;
-  return refine ? solve_with<float>(c0, lam, c_acc, s_kk, d, x, d_out, max_iter, stream)
-                : solve_with<double>(c0, lam, c_acc, s_kk, d, x, d_out, 0, stream);
+  if (refine) {  // LAPACK dsposv's strategy: mixed precision where it converges, float64 where not
+    const int64_t status = solve_with<float>(c0, lam, c_acc, s_kk, d, x, d_out, max_iter, stream);
+    if (status != kFallBack) return status;
+  }
+  return solve_with<double>(c0, lam, c_acc, s_kk, d, x, d_out, 0, stream);
 }
 
 }  // namespace ce::cuda

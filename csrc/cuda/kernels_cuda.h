@@ -18,7 +18,9 @@ struct Operand {
 };
 
 // x (d_out x d, float64, row-major) holds S_RK on entry and ΔW on return. refine: factor in
-// float32 and refine in float64 (up to max_iter steps); otherwise factor in float64.
+// float32 and correct in float64 until every right-hand side's backward error is at float64 level
+// (at most max_iter corrections), falling back to a float64 factor where float32 cannot factor A
+// or does not converge; otherwise factor in float64.
 // Returns 0, -1 (non-finite input), -2 (non-finite output) or k > 0 (leading minor k not PD).
 int64_t regularized_solve(const Operand& c0, double lam, const Operand& c_acc, const Operand& s_kk,
                           int64_t d, double* x, int64_t d_out, bool refine, int max_iter,

@@ -57,6 +57,30 @@ def test_gpu_solve_residual(refine):
     assert float(residual) <= 1e-12
 
 
+def spectrum_system(d: int, smallest: float, seed: int = 0) -> torch.Tensor:
+    """A symmetric positive definite matrix with eigenvalues spread evenly in log scale over [smallest, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64, generator=g))
+    return (q * torch.logspace(0, torch.log10(torch.tensor(smallest)).item(), d, dtype=torch.float64)) @ q.T
+
+
+@needs_gpu
+@pytest.mark.cuda
+@pytest.mark.parametrize("smallest", [1e-6, 1e-9, 1e-12])
+def test_gpu_refined_solve_reaches_float64_backward_error_however_ill_conditioned(smallest):
+    """Condition 1e6 is within float32's reach, 1e9 is past it (refinement alone would stall), 1e12
+    rounds to a float32 matrix that is not positive definite: each must still solve to float64
+    accuracy, by refinement or by the float64 fallback, and never be called indefinite."""
+    d = 256
+    system = spectrum_system(d, smallest).cuda()
+    s_rk = torch.randn(16, d, dtype=torch.float64, device="cuda")
+    zero = kernels.pack_upper(torch.zeros(d, d, dtype=torch.float64, device="cuda"))
+    for refine in (True, False):
+        delta = kernels.regularized_solve(system, 1.0, zero, s_rk, refine=refine)
+        backward = torch.linalg.norm(delta @ system - s_rk) / (torch.linalg.norm(system) * torch.linalg.norm(delta))
+        assert float(backward) <= 1e-14, (refine, float(backward))
+
+
 @needs_gpu
 @pytest.mark.cuda
 def test_gpu_masking_is_bit_identical_to_cpu():
