@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,7 +89,7 @@ class MemitHparams:
     def validate(self) -> None:
         if not isinstance(self.layers, list) or not self.layers:
             raise HparamsError("layers must be a non-empty list of layer indices")
-        if any(not isinstance(l, int) or l < 0 for l in self.layers):
+        if any(not isinstance(l, int) or isinstance(l, bool) or l < 0 for l in self.layers):
             raise HparamsError(f"layers must be non-negative integers, got {self.layers}")
         if self.layers != sorted(set(self.layers)):
             raise HparamsError(f"layers must be strictly increasing, got {self.layers}")
@@ -99,9 +100,29 @@ class MemitHparams:
             )
         if self.v_num_grad_steps < 1:
             raise HparamsError(f"v_num_grad_steps must be >= 1, got {self.v_num_grad_steps}")
+        for name in _FLOAT_FIELDS:
+            if not math.isfinite(getattr(self, name)):
+                raise HparamsError(f"{name} must be a finite number, got {getattr(self, name)}")
         for name in ("v_lr", "clamp_norm_factor", "mom2_update_weight"):
             if getattr(self, name) <= 0:
                 raise HparamsError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("mom2_n_samples", "mom2_batch_size"):
+            if getattr(self, name) < 1:
+                raise HparamsError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.mom2_max_length is not None and self.mom2_max_length < 1:
+            raise HparamsError(f"mom2_max_length must be >= 1 (or null: the model's context), "
+                               f"got {self.mom2_max_length}")
+        if self.layer_selection != "all":
+            raise HparamsError(f"layer_selection {self.layer_selection!r} is not supported; only 'all' "
+                               "(MEMIT's 'random' is unused in its published runs)")
+        for name, template in self.module_overrides().items():
+            if template is None:
+                continue
+            slots = name in ("rewrite", "layer", "mlp", "attn")  # per-layer modules; ln_f and lm_head are one
+            if not isinstance(template, str) or (template.count("{}") != 1 if slots else "{}" in template):
+                expected = "exactly one '{}' for the layer index" if slots else "no '{}' (one module, not per layer)"
+                raise HparamsError(f"{name}_module{'_tmp' if slots else ''} must be a module path with "
+                                   f"{expected}, got {template!r}")
         for name in ("v_weight_decay", "kl_factor"):
             if getattr(self, name) < 0:
                 raise HparamsError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -114,14 +135,19 @@ class MemitHparams:
             raise HparamsError(f"context_template_length_params must be a list of [max_tokens, count] "
                                f"pairs, e.g. [[10, 5]], got {pairs!r}")
         for pair in pairs:
-            if len(pair) != 2 or not all(isinstance(v, int) for v in pair) or pair[0] < 1 or pair[1] < 0 or pair[1] % 5:
+            integers = all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+            if len(pair) != 2 or not integers or pair[0] < 1 or pair[1] < 0 or pair[1] % 5:
                 raise HparamsError(
                     "context_template_length_params entries are [max_tokens >= 1, count a multiple of 5 "
                     f"(one per seed prompt)], got {pair}"
                 )
 
-    def validate_for(self, n_layer: int) -> None:
-        """Checks that need the model's depth."""
+    def validate_for(self, n_layer: int, context: int | None = None) -> None:
+        """Checks that need the model's depth and, where it has one, its context length."""
+        longest = max((pair[0] for pair in self.context_template_length_params), default=0)
+        if context is not None and longest >= context:  # a template is followed by the prompt and target
+            raise HparamsError(f"context_template_length_params asks for {longest}-token templates; the "
+                               f"model's context is {context} tokens")
         if self.layers[-1] >= n_layer:
             raise HparamsError(f"layers {self.layers} out of range for a model with {n_layer} layers")
         if not 0 <= self.v_loss_layer < n_layer:
@@ -160,8 +186,16 @@ class MemitHparams:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "MemitHparams":
-        with open(path) as handle:
-            data = yaml.safe_load(handle)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = yaml.safe_load(handle)
+        except UnicodeDecodeError as err:
+            raise HparamsError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            problem = getattr(err, "problem", None) or str(err)
+            raise HparamsError(f"{path}: not valid YAML{at}: {problem}") from None
         if not isinstance(data, dict):
             raise HparamsError(f"{path}: expected a mapping of hyperparameters")
         base = data.pop("base", None)  # a shipped file whose values this one overrides

@@ -28,7 +28,7 @@ from .hparams import MemitHparams
 from .keys import compute_keys
 from .requests import EditRequest
 from .targets import TargetCache, check_prompts_fit, compute_targets
-from .tokens import check_tokenizer
+from .tokens import check_tokenizer, context_limit
 
 SCHEDULES = ("parallel", "sequential")
 
@@ -145,7 +145,7 @@ def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     adapter = ModelAdapter.from_model(model, hparams)
-    hparams.validate_for(adapter.n_layer)
+    hparams.validate_for(adapter.n_layer, context_limit(model))
     layers, lam = hparams.layers, hparams.mom2_update_weight
     names = [adapter.rewrite_name(layer) for layer in layers]
     dims = {name: adapter.key_dim(model, layer) for name, layer in zip(names, layers)}

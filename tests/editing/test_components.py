@@ -185,6 +185,42 @@ def test_hparams_types_are_checked_on_arrival(field, value, problem):
         tiny_hparams(**{field: value})
 
 
+@pytest.mark.parametrize("field, value, problem", [
+    ("layers", [True, 2], r"layers must be non-negative integers, got \[True, 2\]"),
+    ("context_template_length_params", [[True, 5]], r"context_template_length_params entries are \[max_tokens"),
+    ("rewrite_module_tmp", "transformer.h.0.mlp.c_proj", "rewrite_module_tmp must be a module path with exactly one '{}'"),
+    ("mlp_module_tmp", "transformer.h.{}.{}", "mlp_module_tmp must be a module path with exactly one '{}'"),
+    ("ln_f_module", "transformer.h.{}.ln", "ln_f_module must be a module path with no '{}'"),
+    ("v_lr", float("nan"), "v_lr must be a finite number, got nan"),
+    ("mom2_update_weight", float("inf"), "mom2_update_weight must be a finite number, got inf"),
+    ("mom2_n_samples", -5, "mom2_n_samples must be >= 1, got -5"),
+    ("mom2_batch_size", 0, "mom2_batch_size must be >= 1, got 0"),
+    ("mom2_max_length", 0, r"mom2_max_length must be >= 1 \(or null"),
+    ("layer_selection", "random", "layer_selection 'random' is not supported"),
+])
+def test_hparams_out_of_range_are_named(field, value, problem):
+    with pytest.raises(HparamsError, match=f"^{problem}"):
+        tiny_hparams(**{field: value})
+
+
+def test_hparams_templates_longer_than_the_context_are_named():
+    hp = tiny_hparams(context_template_length_params=[[10, 5], [200, 5]])
+    with pytest.raises(HparamsError, match="asks for 200-token templates; the model's context is 128 tokens"):
+        hp.validate_for(4, context=128)
+    hp.validate_for(4, context=None)  # a model that does not say
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("base: default-world\nlayers: [1\n", r"not valid YAML at line 3, column 1: expected ',' or ']'"),
+    (b"layers: [1]\nv_loss_layer: 2 \xff\n", "not UTF-8 text"),
+])
+def test_hparams_files_that_do_not_parse_are_named(text, problem, tmp_path):
+    path = tmp_path / "h.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(HparamsError, match=f"^{path}: {problem}"):
+        MemitHparams.from_yaml(path)
+
+
 def test_hparams_of_another_algorithm_are_refused():
     with pytest.raises(HparamsError, match="ROME hyperparameters"):
         MemitHparams.from_dict({"alg_name": "ROME", "layers": [5], "v_loss_layer": 47})
