@@ -1,9 +1,9 @@
 """`collabedit`: the command-line entry point.
 
     collabedit world build [--out DIR]
-    collabedit stats --model M --layers 1 2 3 [--corpus world|PATH] --out DIR
-    collabedit edit --model M --requests FILE --schedule parallel|sequential [--corpus PATH | --stats DIR] --out DIR
-    collabedit simulate --parties N --edits-per-party M --rounds R --schedule S --methods ... --json OUT
+    collabedit stats --model M --layers 1 2 3 [--corpus world|PATH] [--hparams FILE] --out DIR
+    collabedit edit --model M --requests FILE [--schedule S] [--corpus PATH | --stats DIR] --out DIR
+    collabedit simulate [--parties N] [--edits-per-party M] [--rounds R] [--schedule S] [--methods ...] [--json OUT]
     collabedit eval --model M --dataset PATH [--round-prompts FILE] --json OUT
     collabedit bench kernels [--quick] --json OUT
 
@@ -28,8 +28,22 @@ class CliError(Exception):
 
 def existing_file(value: str) -> str:
     """argparse type: fail before any model loads when an input file is missing."""
-    if not Path(value).is_file():
+    path = Path(value)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value} is a directory, not a file")
+    if not path.is_file():
         raise argparse.ArgumentTypeError(f"no such file: {value}")
+    return value
+
+
+def hparams_file(value: str) -> str:
+    """argparse type: a MEMIT hparams YAML that parses and validates, checked before any model loads."""
+    from .editing.hparams import HparamsError, MemitHparams
+
+    try:
+        MemitHparams.from_yaml(existing_file(value))
+    except HparamsError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return value
 
 
@@ -48,6 +62,15 @@ def new_dir(value: str) -> str:
     if path.exists() and not (path.is_dir() and not any(path.iterdir())):
         raise argparse.ArgumentTypeError(f"{value} already exists and is not an empty directory; "
                                          "pick a new one")
+    _check_writable(path, value)
+    return value
+
+
+def output_dir(value: str) -> str:
+    """argparse type for a folder that new files go into (made if missing)."""
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value} is a file, not a directory")
     _check_writable(path, value)
     return value
 
@@ -71,6 +94,24 @@ def positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
     return number
+
+
+def seed(value: str) -> int:
+    """argparse type: what torch.manual_seed and random.Random both take."""
+    number = int(value)
+    if not 0 <= number < 2**63:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**63 - 1, got {number}")
+    return number
+
+
+def refuse_overwriting_inputs(output: str | None, **inputs: str | None) -> None:
+    """A results file must not be one of the command's own input files (it would replace it)."""
+    if output is None:
+        return
+    for flag, value in inputs.items():
+        if value is not None and Path(value).resolve() == Path(output).resolve():
+            raise CliError(f"--json {output} is the --{flag.replace('_', '-')} file; writing the results "
+                           "would replace it")
 
 
 def corpus_name(value: str) -> str:
@@ -115,6 +156,7 @@ def _edit(args: argparse.Namespace) -> None:
 def _simulate(args: argparse.Namespace) -> None:
     from .simulate import SimulationConfig, run_simulation
 
+    refuse_overwriting_inputs(args.json, dataset=args.dataset)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     config = SimulationConfig(
         parties=args.parties,
@@ -138,6 +180,7 @@ def _simulate(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from .pipeline import run_eval
 
+    refuse_overwriting_inputs(args.json, dataset=args.dataset, round_prompts=args.round_prompts)
     round_prompts = Path(args.round_prompts) if args.round_prompts else None
     summary = run_eval(args.model, Path(args.dataset), Path(args.json), fluency=not args.no_fluency,
                        round_prompts=round_prompts, max_out_len=args.fluency_tokens)
@@ -151,11 +194,12 @@ def _bench_kernels(args: argparse.Namespace) -> None:
 
 
 def add_c0_arguments(parser: argparse.ArgumentParser) -> None:
-    """Where C0 comes from, for the commands that edit."""
-    parser.add_argument("--stats", type=existing_dir,
+    """Where C0 comes from, for the commands that edit: one source or the other, never both."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--stats", type=existing_dir,
                         help="directory with MEMIT-layout covariance npz files (default: computed from --corpus "
                              "and cached)")
-    parser.add_argument("--corpus", default="world", type=corpus_name,
+    source.add_argument("--corpus", default="world", type=corpus_name,
                         help="C0's corpus when --stats is not given: 'world' (default; --model default only) "
                              "or a text file, one document per line")
 
@@ -178,19 +222,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="'world' or a text file (one document per line)")
     stats.add_argument("--samples", type=positive_int, default=None,
                        help="number of documents (default: the hparams' mom2_n_samples)")
-    stats.add_argument("--hparams", type=existing_file,
+    stats.add_argument("--hparams", type=hparams_file,
                        help="MEMIT hparams YAML for mom2_n_samples, mom2_max_length, mom2_batch_size "
                             "(default: chosen from the model family)")
-    stats.add_argument("--out", required=True, help="directory for the npz files (MEMIT layout)")
+    stats.add_argument("--out", required=True, type=output_dir,
+                       help="directory for the npz files (MEMIT layout; made if missing, files there are kept)")
     stats.set_defaults(handler=_stats)
 
     edit = commands.add_parser("edit", help="MEMIT edit of a model with a request file")
     edit.add_argument("--model", required=True, help="HF directory, hub name, or 'default'")
     edit.add_argument("--requests", required=True, type=existing_file,
-                      help="CounterFact/zsRE JSON, or a JSON list of requests")
+                      help="CounterFact, zsRE or conflict JSON, or a JSON list of plain requests "
+                           '({"prompt": "{} is a citizen of", "subject": ..., "target_new": ...})')
     edit.add_argument("--schedule", choices=["parallel", "sequential"], default="sequential",
                       help="sequential: true MEMIT (default); parallel: the CollabEdit code's variant")
-    edit.add_argument("--hparams", type=existing_file,
+    edit.add_argument("--hparams", type=hparams_file,
                       help="MEMIT hparams YAML (default: chosen from the model family)")
     add_c0_arguments(edit)
     edit.add_argument("--out", required=True, type=new_dir,
@@ -213,10 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CounterFact-format file (default: the embedded world)")
     sim.add_argument("--model", default="default",
                      help="HF directory, hub name, or 'default' (others need --dataset and --corpus or --stats)")
-    sim.add_argument("--hparams", type=existing_file,
+    sim.add_argument("--hparams", type=hparams_file,
                      help="MEMIT hparams YAML (default: the shipped file for the model and schedule)")
     add_c0_arguments(sim)
-    sim.add_argument("--seed", type=int, default=0,
+    sim.add_argument("--seed", type=seed, default=0,
                      help="seed of the draw of edits for the parties and of fluency sampling (default: 0)")
     sim_fluency = sim.add_mutually_exclusive_group()
     sim_fluency.add_argument("--no-fluency", action="store_true", help="skip generation-based fluency")

@@ -15,7 +15,7 @@ from .editing.covariance import (
     SecondMoment, corpus_sample, export_memit_stats, import_memit_stats, layer_stats,
 )
 from .editing.hparams import MemitHparams
-from .editing.tokens import check_tokenizer
+from .editing.tokens import check_tokenizer, context_limit
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
                            embedded=True)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    check_model_path(spec)
     local_only = Path(spec).is_dir()
     try:
         tok = AutoTokenizer.from_pretrained(spec, local_files_only=not local_only or None)
@@ -64,6 +65,17 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
     stored = stored if isinstance(stored, torch.dtype) and stored.is_floating_point else torch.float32
     name = str(Path(spec).resolve()) if local_only else spec  # results name the model wherever they are read
     return LoadedModel(model.to(device).eval(), tok, name, stored_dtype=stored)
+
+
+def check_model_path(spec: str) -> None:
+    """A --model that names something on disk must be an HF model directory (else it is a hub name)."""
+    path = Path(spec)
+    if spec == DEFAULT_MODEL or not path.exists():
+        return
+    if not path.is_dir():
+        raise ValueError(f"--model {spec}: a file, not a model directory")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"--model {spec}: not an HF model directory (no config.json)")
 
 
 def default_hparams(loaded: LoadedModel, path: str | Path | None = None,
@@ -111,7 +123,8 @@ def covariances(loaded: LoadedModel, hparams: MemitHparams, corpus: str = "world
                 progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """C0 = E[k kᵀ] per edited layer: imported from MEMIT-layout npz files, else computed (cached)."""
     adapter = ModelAdapter.from_model(loaded.model, hparams)
-    hparams.validate_for(adapter.n_layer)  # before asking for the statistics of a layer the model lacks
+    # Before asking for the statistics of a layer the model lacks.
+    hparams.validate_for(adapter.n_layer, context_limit(loaded.model))
     c0, sources = {}, {}
     texts = None
     for layer in hparams.layers:
@@ -151,7 +164,14 @@ def stats_file(directory: Path, module_name: str, hparams: MemitHparams) -> Path
 
 def compute_stats(model: str, layers: list[int], corpus: str, out: Path, n_samples: int | None,
                   hparams_path: str | Path | None = None) -> list[Path]:
-    """`collabedit stats`: compute C0 for the given layers and export MEMIT-layout npz files."""
+    """`collabedit stats`: compute C0 for the given layers and export MEMIT-layout npz files.
+
+    Files already in `out` are never replaced, and `out` is made only when the first file is ready.
+    """
+    repeated = sorted({layer for layer in layers if layers.count(layer) > 1})
+    if repeated:
+        raise ValueError(f"--layers lists {repeated} more than once")
+    check_c0_source(model, corpus, None)
     loaded = load_model(model)
     hparams = default_hparams(loaded, hparams_path)
     adapter = ModelAdapter.from_model(loaded.model, hparams)
@@ -160,15 +180,17 @@ def compute_stats(model: str, layers: list[int], corpus: str, out: Path, n_sampl
         raise ValueError(f"layers {bad} out of range: {model} has {adapter.n_layer} layers "
                          f"(0-{adapter.n_layer - 1})")
     documents = corpus_sample(read_corpus(corpus, loaded), n_samples or hparams.mom2_n_samples)
-    out.mkdir(parents=True, exist_ok=True)
+    # Named by the documents actually used, as MEMIT names its files by sample size.
+    targets = {layer: out / f"{adapter.rewrite_name(layer)}_float32_mom2_{len(documents)}.npz" for layer in layers}
+    present = [str(path) for path in targets.values() if path.exists()]
+    if present:
+        raise ValueError(f"{', '.join(present)} already exist(s); remove them or choose another --out")
     written = []
-    for layer in layers:
-        name = adapter.rewrite_name(layer)
-        stat: SecondMoment = layer_stats(loaded.model, loaded.tok, name, documents,
+    for layer, path in targets.items():
+        stat: SecondMoment = layer_stats(loaded.model, loaded.tok, adapter.rewrite_name(layer), documents,
                                          max_length=hparams.mom2_max_length, batch_size=hparams.mom2_batch_size)
-        # Named by the documents actually used, as MEMIT names its files by sample size.
-        written.append(export_memit_stats(stat, out / f"{name}_float32_mom2_{len(documents)}.npz",
-                                          sample_size=len(documents)))
+        out.mkdir(parents=True, exist_ok=True)
+        written.append(export_memit_stats(stat, path, sample_size=len(documents)))
     return written
 
 
@@ -180,6 +202,9 @@ def _plain_requests(path: Path) -> list | None:
     data = read_json_list(path)
     if not (isinstance(data[0], dict) and "prompt" in data[0]):
         return None
+    for index, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise RequestError(f"{path}: edit request {index}: expected a JSON object, got {type(item).__name__}")
     try:
         return [EditRequest.from_record({"case_id": r.get("case_id", i), "requested_rewrite": r})
                 for i, r in enumerate(data)]

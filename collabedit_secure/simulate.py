@@ -32,7 +32,7 @@ from .merging.collabedit import update_dynamic_covariance
 from .editing.requests import EditRequest
 from .editing.targets import TargetCache
 from .eval.context_window import check_context
-from .eval.report import evaluate_dataset, format_summary_table
+from .eval.report import evaluate_dataset, format_summary_table, format_value
 from .merging.baselines import simple_average, task_arithmetic, ties_merge
 from .pipeline import DEFAULT_MODEL, check_c0_source, covariances, default_hparams, load_model
 
@@ -68,6 +68,9 @@ class SimulationConfig:
             raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
         if not self.methods:
             raise ValueError("no methods to run")
+        repeated = sorted({m for m in self.methods if self.methods.count(m) > 1})
+        if repeated:
+            raise ValueError(f"method(s) {repeated} listed more than once")
         for name in ("parties", "edits_per_party", "rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -205,8 +208,8 @@ def run_simulation(config: SimulationConfig, json_out: Path | None = None) -> di
         summary["wall_time_s"] = wall  # what the method costs alone
         summary["elapsed_s"] = elapsed  # less, where it reused another method's targets
         results[method] = summary
-        print(f"  {method:<10} edited in {wall:7.1f} s; efficacy {summary['efficacy']:.1f}, "
-              f"specificity {summary['specificity']:.1f}", flush=True)
+        print(f"  {method:<10} edited in {wall:7.1f} s; efficacy {format_value(summary['efficacy'])}, "
+              f"specificity {format_value(summary['specificity'])}", flush=True)
     experiment.reset()
     if "collabedit" in deltas and "global" in deltas:
         # From round 2 on each method edits its own model, and float32 weights can differ by one unit in

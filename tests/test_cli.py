@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,8 +116,14 @@ def test_missing_input_paths_fail_before_any_model_loads(argv, tmp_path, capsys,
     (["simulate", "--json", "{present}/results.json"], "cannot write {present}/results.json"),
     (["edit", "--model", "default", "--requests", "{present}", "--out", "{present}/edited"],
      "cannot write {present}/edited: {present} is not a directory"),
+    (["stats", "--model", "default", "--layers", "0", "--out", "{present}"], "{present} is a file, not a directory"),
+    (["edit", "--model", "default", "--requests", "{dir}", "--out", "o"], "{dir} is a directory, not a file"),
+    (["edit", "--model", "default", "--requests", "{present}", "--stats", "{dir}", "--corpus", "{present}",
+      "--out", "o"], "argument --corpus: not allowed with argument --stats"),
+    (["simulate", "--seed", str(2**64)], "argument --seed: must be between 0 and 2**63 - 1"),
+    (["simulate", "--seed", "-1"], "argument --seed: must be between 0 and 2**63 - 1"),
 ])
-def test_unwritable_results_files_fail_before_any_work(argv, message, tmp_path, capsys, monkeypatch):
+def test_bad_paths_and_arguments_fail_before_any_work(argv, message, tmp_path, capsys, monkeypatch):
     forbid_work(monkeypatch)
     present = tmp_path / "requests.json"
     present.write_text("[]")
@@ -384,8 +391,12 @@ def test_world_build_out_reuses_a_build_and_refuses_other_directories(default_wo
     assert f"{default_world.config.train_dtype} matmuls" in out
     (tmp_path / "notes.txt").write_text("keep me")
     assert main(["world", "build", "--out", str(tmp_path)]) == 2
-    assert "is not a build of this world" in capsys.readouterr().err
+    assert f"{tmp_path} holds other files, not a build of the world" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+    (tmp_path / "file").write_text("keep me too")
+    assert main(["world", "build", "--out", str(tmp_path / "file")]) == 2
+    assert f"{tmp_path / 'file'} is a file" in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "keep me too"
 
 
 def test_console_script_runs(default_world):
@@ -535,3 +546,76 @@ def test_eval_report_records_the_edit_and_the_fluency_settings(default_world, tm
     assert main(["eval", "--model", "default", "--dataset", str(requests), "--no-fluency", "--json", str(out)]) == 0
     meta = json.loads(out.read_text())["meta"]
     assert meta["edit"] is None and meta["fluency"] is None and meta["round_prompts"] is None
+
+
+def test_a_plain_request_list_names_an_item_that_is_not_an_object(tmp_path, capsys, monkeypatch):
+    forbid_work(monkeypatch)
+    requests = tmp_path / "requests.json"
+    requests.write_text(json.dumps([{"prompt": "{} is a", "subject": "Zed", "target_new": "b"}, "x"]))
+    assert main(["edit", "--model", "default", "--requests", str(requests), "--out", str(tmp_path / "o")]) == 2
+    assert f"{requests}: edit request 1: expected a JSON object, got str" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["edit", "stats", "simulate"])
+@pytest.mark.parametrize("text, message", [
+    ("base: default-world\nlayers: [1\n", "not valid YAML at line 3, column 1"),
+    ("base: default-world\nmom2_batch_size: 0\n", "mom2_batch_size must be >= 1, got 0"),
+    ("base: default-world\nrewrite_module_tmp: transformer.h.0.mlp.c_proj\n",
+     "rewrite_module_tmp must be a module path with exactly one '{}'"),
+])
+def test_bad_hparams_files_fail_before_any_model_loads(command, text, message, tmp_path, capsys, monkeypatch):
+    forbid_work(monkeypatch)
+    hparams = tmp_path / "h.yaml"
+    hparams.write_text(text)
+    requests = tmp_path / "requests.json"
+    requests.write_text("[]")
+    argv = {"edit": ["edit", "--model", "default", "--requests", str(requests), "--out", str(tmp_path / "o")],
+            "stats": ["stats", "--model", "default", "--layers", "0", "--out", str(tmp_path / "o")],
+            "simulate": ["simulate"]}[command]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--hparams", str(hparams)])
+    assert exit_info.value.code == 2
+    assert f"argument --hparams: {hparams}: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["simulate", "--methods", "global,none,global"], "method(s) ['global'] listed more than once"),
+    (["stats", "--model", "default", "--layers", "0", "1", "0", "--out", "{dir}/o"], "--layers lists [0] more than once"),
+    (["eval", "--model", "default", "--dataset", "{file}", "--json", "{file}"],
+     "--json {file} is the --dataset file; writing the results would replace it"),
+    (["simulate", "--dataset", "{file}", "--json", "{file}"], "--json {file} is the --dataset file"),
+])
+def test_contradictory_arguments_fail_before_any_model_loads(argv, message, tmp_path, capsys, monkeypatch):
+    forbid_work(monkeypatch)
+    present = tmp_path / "cf.json"
+    present.write_text(_cf())
+    fill = {"file": present, "dir": tmp_path}
+    assert main([a.format(**fill) for a in argv]) == 2
+    assert message.format(**fill) in capsys.readouterr().err
+    assert present.read_text() == _cf() and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("what, message", [
+    ("file", "a file, not a model directory"),
+    ("empty dir", "not an HF model directory (no config.json)"),
+])
+def test_a_model_path_that_is_not_a_model_directory_is_named(what, message, tmp_path):
+    from collabedit_secure.pipeline import load_model
+
+    path = tmp_path / "model"
+    path.write_text("{}") if what == "file" else path.mkdir()
+    with pytest.raises(ValueError, match=rf"^--model {path}: {re.escape(message)}"):
+        load_model(str(path))
+
+
+def test_simulate_reports_cases_without_paraphrases_or_neighbours(default_world, tmp_path, capsys):
+    dataset = tmp_path / "cf.json"
+    record = {**default_world.records[0], "paraphrase_prompts": [], "neighborhood_prompts": []}
+    dataset.write_text(json.dumps([record]))
+    out = tmp_path / "sim.json"
+    assert main(["simulate", "--dataset", str(dataset), "--parties", "1", "--edits-per-party", "1",
+                 "--methods", "none", "--no-fluency", "--json", str(out)]) == 0
+    unedited = json.loads(out.read_text())["methods"]["none"]
+    assert unedited["generalization"] is None and unedited["specificity"] is None
+    assert unedited["efficacy"] in (0.0, 100.0)

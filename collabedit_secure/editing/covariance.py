@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..kernels import covariance_accumulate
 from .fingerprint import weights_digest
 from .hooks import run_until_stop, trace
+from .tokens import context_limit
 
 log = logging.getLogger(__name__)
 MEMIT_CONSTRUCTOR = "util.runningstats.SecondMoment()"
@@ -190,7 +191,18 @@ def _accumulate_batch(model, tok, layer_name: str, texts: list[str], max_length:
 
 def corpus_sample(texts: list[str], n_samples: int | None = None) -> list[str]:
     """The documents a statistic is taken over: the first n_samples non-empty texts."""
+    if n_samples is not None and n_samples < 1:  # [:0] and [:-5] would silently drop documents
+        raise ValueError(f"n_samples must be >= 1 (or None: every document), got {n_samples}")
     return [t for t in texts if t.strip()][:n_samples]
+
+
+def _check_sampling(model, max_length: int | None, batch_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size (mom2_batch_size) must be >= 1, got {batch_size}")
+    limit = context_limit(model)
+    if max_length is not None and not 1 <= max_length <= (limit or max_length):
+        raise ValueError(f"max_length (mom2_max_length) must be between 1 and the model's context of {limit} "
+                         f"tokens, got {max_length}")
 
 
 def layer_stats(model, tok, layer_name: str, texts: list[str], *, n_samples: int | None = None,
@@ -201,6 +213,7 @@ def layer_stats(model, tok, layer_name: str, texts: list[str], *, n_samples: int
 
     `on_batch(position)` is called after each batch with the number of texts consumed so far.
     """
+    _check_sampling(model, max_length, batch_size)
     texts = corpus_sample(texts, n_samples)
     if not texts:
         raise ValueError("covariance corpus is empty")

@@ -183,6 +183,12 @@ def open_or_build(out_dir, config: WorldConfig | None = None, progress: bool = T
         out_dir.rmdir()  # an empty directory made for the build
     if not out_dir.exists():
         return build_world(out_dir, config, progress=progress)
+    if not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} is a file; give a directory for the world (new, empty, or a "
+                              "build of it)")
+    if not (out_dir / MANIFEST).exists() and not (out_dir / "model").exists():
+        raise FileExistsError(f"{out_dir} holds other files, not a build of the world; remove them or "
+                              "pick another directory")
     reason = verify_bundle(out_dir, config)
     if reason is not None:
         raise FileExistsError(f"{out_dir} exists and is not a build of this world ({reason}); "

@@ -142,6 +142,45 @@ def test_stats_command_names_its_file_by_the_documents_used(tok, tmp_path, monke
     assert torch.allclose(exported.moment(), direct.moment(), rtol=1e-5, atol=1e-7)  # stored as float32
 
 
+@pytest.mark.parametrize("settings, message", [
+    ({"n_samples": 0}, r"n_samples must be >= 1 \(or None: every document\), got 0"),
+    ({"n_samples": -5}, "n_samples must be >= 1"),
+    ({"batch_size": 0}, r"batch_size \(mom2_batch_size\) must be >= 1, got 0"),
+    ({"max_length": 65}, r"max_length \(mom2_max_length\) must be between 1 and the model's context of 64 tokens"),
+    ({"max_length": 0}, "max_length"),
+])
+def test_sampling_settings_out_of_range_are_named(settings, message, tok, tmp_path):
+    model = tiny_model("gpt2", tok)  # 64 positions
+    kwargs = {"batch_size": 8, **settings}
+    with pytest.raises(ValueError, match=f"^{message}"):
+        layer_stats(model, tok, LAYER, corpus()[:10], cache_dir=tmp_path, progress=False, **kwargs)
+
+
+def test_stats_command_never_replaces_a_file_and_makes_no_folder_for_a_refused_run(tok, tmp_path, monkeypatch,
+                                                                                    capsys):
+    from collabedit_secure.cli import main
+
+    monkeypatch.setenv("COLLABEDIT_CACHE", str(tmp_path / "cache"))
+    tiny_model("gpt2", tok).save_pretrained(tmp_path / "gpt2")
+    tok.save_pretrained(tmp_path / "gpt2")
+    documents = tmp_path / "corpus.txt"
+    documents.write_text("\n".join(corpus()[:12]) + "\n")
+    hparams = tmp_path / "h.yaml"
+    hparams.write_text("layers: [1]\nv_loss_layer: 3\nmom2_n_samples: 12\nmom2_batch_size: 4\n")
+    out = tmp_path / "out"
+    argv = ["stats", "--model", str(tmp_path / "gpt2"), "--corpus", str(documents), "--hparams", str(hparams),
+            "--out", str(out)]
+
+    assert main([*argv, "--layers", "7"]) == 2
+    assert "layers [7] out of range" in capsys.readouterr().err and not out.exists()
+    assert main([*argv, "--layers", "1"]) == 0
+    (written,) = out.glob("*.npz")
+    before = written.read_bytes()
+    assert main([*argv, "--layers", "0", "1"]) == 2
+    assert f"{written} already exist(s)" in capsys.readouterr().err
+    assert written.read_bytes() == before and len(list(out.glob("*.npz"))) == 1  # nothing replaced, nothing added
+
+
 def test_stats_file_prefers_the_hparams_sample_count_and_never_guesses(tmp_path):
     from collabedit_secure.editing import MemitHparams
     from collabedit_secure.pipeline import stats_file

@@ -93,9 +93,12 @@ def test_open_or_build_leaves_other_content_alone(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not a build of this world .manifest.json missing"):
+    with pytest.raises(FileExistsError, match="holds other files, not a build of the world"):
         open_or_build(mine, TINY, progress=False)
     assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+    (mine / "model").mkdir()  # a build that stopped before its manifest: named as such
+    with pytest.raises(FileExistsError, match="not a build of this world .manifest.json missing"):
+        open_or_build(mine, TINY, progress=False)
 
 
 def test_corrupt_weights_are_detected_and_rebuilt(tiny, cache_root):
