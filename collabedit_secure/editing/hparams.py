@@ -52,7 +52,7 @@ class MemitHparams:
     v_weight_decay: float = 0.5
     clamp_norm_factor: float = 0.75
     kl_factor: float = 0.0625
-    mom2_adjustment: bool = True
+    mom2_adjustment: bool = True  # read for MEMIT-file compatibility; C0 is always used, as in MEMIT
     mom2_update_weight: float = 20000.0
     # Module templates; None means "the model family's default" (see adapters.FAMILIES).
     rewrite_module_tmp: str | None = None
@@ -112,6 +112,8 @@ class MemitHparams:
         if self.mom2_max_length is not None and self.mom2_max_length < 1:
             raise HparamsError(f"mom2_max_length must be >= 1 (or null: the model's context), "
                                f"got {self.mom2_max_length}")
+        if not isinstance(self.mom2_adjustment, bool):
+            raise HparamsError(f"mom2_adjustment must be true or false, got {self.mom2_adjustment!r}")
         if self.layer_selection != "all":
             raise HparamsError(f"layer_selection {self.layer_selection!r} is not supported; only 'all' "
                                "(MEMIT's 'random' is unused in its published runs)")

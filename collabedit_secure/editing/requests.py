@@ -23,6 +23,8 @@ class EditRequest:
 
     def __post_init__(self) -> None:
         case = self.case_id
+        if not isinstance(case, (int, str)) or isinstance(case, bool):  # ids are recorded as strings
+            raise _fail(case, f"case_id must be an integer or a string, got {type(case).__name__}")
         for name in ("prompt", "subject", "target_new", "target_true"):
             value = getattr(self, name)
             if not isinstance(value, str) and not (name == "target_true" and value is None):

@@ -179,7 +179,7 @@ def _zsre_fields(index: int, record: dict) -> tuple[str, str, str, list, str, st
     subject, src, rephrase, loc, loc_ans = (_text(record, key, where) for key in
                                             ("subject", "src", "rephrase", "loc", "loc_ans"))
     answers = _field(record, "answers", where, list)
-    if not answers or not isinstance(answers[0], str) or not answers[0].strip():
+    if not answers or not all(isinstance(a, str) for a in answers) or not answers[0].strip():
         raise DatasetFormatError(
             f"{where}: field 'answers' must be a non-empty list of strings, the first one not blank")
     if src.count(subject) != 1:  # MEMIT replaces every occurrence by "{}": the prompt needs exactly one

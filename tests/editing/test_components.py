@@ -197,6 +197,7 @@ def test_hparams_types_are_checked_on_arrival(field, value, problem):
     ("mom2_batch_size", 0, "mom2_batch_size must be >= 1, got 0"),
     ("mom2_max_length", 0, r"mom2_max_length must be >= 1 \(or null"),
     ("layer_selection", "random", "layer_selection 'random' is not supported"),
+    ("mom2_adjustment", "yes", "mom2_adjustment must be true or false, got 'yes'"),
 ])
 def test_hparams_out_of_range_are_named(field, value, problem):
     with pytest.raises(HparamsError, match=f"^{problem}"):
@@ -272,6 +273,9 @@ def test_request_from_raw_prompt_and_record():
         rewrite = {"prompt": "{} x", "subject": "Tom", **bad}
         with pytest.raises(RequestError, match=f"^edit request 5: {field} must be a string"):
             EditRequest.from_record({"case_id": 5, "requested_rewrite": rewrite})
+    with pytest.raises(RequestError, match="case_id must be an integer or a string, got list"):
+        EditRequest.from_record({"case_id": [1], "requested_rewrite": {"prompt": "{} x", "subject": "Tom",
+                                                                       "target_new": "y"}})
 
 
 def test_subject_index_same_under_left_and_right_padding(gpt2_f64, tok):

@@ -164,6 +164,7 @@ def _zsre(**overrides):
         (_zsre(subject="Nobody"), r"zsRE record 1: subject 'Nobody' does not occur in src"),
         (_zsre(loc="who played desmond doss"), r"zsRE record 1: loc .* must start with 'nq question: '"),
         (_zsre(answers=[]), "zsRE record 1: field 'answers' must be a non-empty list"),
+        (_zsre(answers=["A", 5]), "zsRE record 1: field 'answers' must be a non-empty list of strings"),
         ({k: v for k, v in _zsre().items() if k != "rephrase"}, "zsRE record 1: missing field 'rephrase'"),
         (_zsre(subject=""), "zsRE record 1: field 'subject' is empty"),
         (_zsre(rephrase=" "), "zsRE record 1: field 'rephrase' is empty"),
