@@ -471,8 +471,10 @@ def test_delta_apply_revert_save_load(gpt2_f64, tok, tmp_path):
     loaded.apply(gpt2_f64)
     edited = gpt2_f64.get_submodule(name).weight  # Conv1D: (in, out), so ΔW is transposed
     assert torch.allclose(edited - original, delta.weights[name].T)
+    with pytest.raises(DeltaMismatchError, match="already applied to this model"):
+        loaded.apply(gpt2_f64)
     with pytest.raises(DeltaMismatchError, match="fingerprint"):
-        loaded.apply(gpt2_f64)  # already edited: not the base it was computed on
+        delta.apply(gpt2_f64)  # edited by the copy: not the base it was computed on
     loaded.revert(gpt2_f64)
     assert torch.equal(gpt2_f64.get_submodule(name).weight, original)
     other = tiny_model("gpt2", tok, torch.float64, seed=1)
@@ -499,8 +501,10 @@ def test_delta_applies_and_reverts_only_on_its_own_models(tok, tmp_path):
     saved.revert(edited_elsewhere)
     for name in upper.weights:
         assert torch.allclose(edited_elsewhere.get_submodule(name).weight, base.get_submodule(name).weight)
-    with pytest.raises(DeltaMismatchError, match="is not that of the model this delta edited"):
+    with pytest.raises(DeltaMismatchError, match="not edited .or already reverted."):
         saved.revert(base)
+    with pytest.raises(DeltaMismatchError, match="is not that of the model this delta edited"):
+        saved.revert(tiny_model("gpt2", tok, torch.float64, seed=1))
     unrecorded = EditDelta(upper.weights, {k: v for k, v in upper.metadata.items() if k != "edited_fingerprint"})
     with pytest.raises(DeltaMismatchError, match="nothing to revert"):
         unrecorded.revert(base)
