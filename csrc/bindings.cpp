@@ -133,6 +133,14 @@ int64_t encode(py::array values, int scale_bits, int64_t bound, py::bytes seeds,
   return ce::mask_encode(v, n, scale_bits, bound, reinterpret_cast<const uint8_t*>(sd.data()), sg, n_seeds, o);
 }
 
+int64_t unencodable(py::array values, int scale_bits, int64_t bound) {
+  const double* v = contiguous_data<double>(values, "values");
+  require(scale_bits >= 0 && scale_bits <= 62 && bound >= 0, "scale_bits in [0, 62], bound >= 0");
+  const int64_t n = values.size();
+  py::gil_scoped_release release;
+  return ce::first_unencodable(v, n, scale_bits, bound);
+}
+
 template <void (*Op)(const uint64_t*, const uint64_t*, uint64_t*, int64_t)>
 void ring_op(py::array a, py::array b, py::array out) {
   const uint64_t* pa = contiguous_data<uint64_t>(a, "a");
@@ -168,6 +176,7 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("keystream_bound", &bound, py::arg("seeds"), py::arg("n"));
   m.def("mask_encode", &encode, py::arg("values"), py::arg("scale_bits"), py::arg("bound"), py::arg("seeds"),
         py::arg("signs"), py::arg("out"));
+  m.def("first_unencodable", &unencodable, py::arg("values"), py::arg("scale_bits"), py::arg("bound"));
   m.def("ring_add", &ring_op<ce::ring_add>, py::arg("a"), py::arg("b"), py::arg("out"));
   m.def("ring_sub", &ring_op<ce::ring_sub>, py::arg("a"), py::arg("b"), py::arg("out"));
   m.def("mask_decode", &decode, py::arg("sum"), py::arg("scale_bits"), py::arg("out"));

@@ -53,6 +53,11 @@ void keystream_bound(const uint8_t* seeds, int n_seeds, int64_t n);
 int64_t mask_encode(const double* values, int64_t n, int scale_bits, int64_t bound,
                     const uint8_t* seeds, const int8_t* signs, int n_seeds, uint64_t* out);
 
+// The index mask_encode would report (first value not finite or encoding outside [-bound, bound]),
+// or -1, without writing anything: callers that hand mask_encode their own buffer check first, so
+// that a refused call leaves it as it was.
+int64_t first_unencodable(const double* values, int64_t n, int scale_bits, int64_t bound);
+
 void ring_add(const uint64_t* a, const uint64_t* b, uint64_t* out, int64_t n);
 void ring_sub(const uint64_t* a, const uint64_t* b, uint64_t* out, int64_t n);
 void mask_decode(const uint64_t* sum, int64_t n, int scale_bits, double* out);

@@ -238,6 +238,22 @@ int64_t mask_encode(const double* values, int64_t n, int scale_bits, int64_t bou
   return first_bad.load();
 }
 
+int64_t first_unencodable(const double* values, int64_t n, int scale_bits, int64_t bound) {
+  const double scale = std::ldexp(1.0, scale_bits);
+  std::atomic<int64_t> first_bad{-1};
+  parallel_ranges(n, kChunkWords, 1 << 16, [&](int64_t b, int64_t e) {
+    alignas(64) uint64_t scratch[kChunkWords];
+    for (int64_t w = b; w < e; w += kChunkWords) {
+      const int64_t bad = encode_chunk(values + w, std::min(kChunkWords, e - w), scale, bound, scratch);
+      if (bad < 0) continue;
+      int64_t seen = first_bad.load();
+      while ((seen < 0 || w + bad < seen) && !first_bad.compare_exchange_weak(seen, w + bad)) {}
+      return;  // later chunks of this range cannot hold an earlier index
+    }
+  });
+  return first_bad.load();
+}
+
 void ring_add(const uint64_t* a, const uint64_t* b, uint64_t* out, int64_t n) {
   parallel_ranges(n, 8, 1 << 18, [&](int64_t s, int64_t e) {
     for (int64_t i = s; i < e; ++i) out[i] = a[i] + b[i];

@@ -146,7 +146,7 @@ def out_words(out: Any, n: int, name: str = "out") -> np.ndarray:
 
 def bad_value_error(values: np.ndarray, flat_index: int, scale_bits: int, bound: int) -> ValueError:
     where = np.unravel_index(flat_index, values.shape) if values.ndim > 1 else (flat_index,)
-    value = values.reshape(-1)[flat_index]
+    value = float(values.reshape(-1)[flat_index])  # a numpy scalar would print as np.float64(...)
     return ValueError(
         f"value {value!r} at index {tuple(int(i) for i in where)} (flat {flat_index}) cannot be "
         f"encoded: it must be finite and |round(v * 2^{scale_bits})| <= bound = {bound}"

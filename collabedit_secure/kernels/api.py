@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -46,6 +47,8 @@ def _cuda():
 
 def _check_covariance(acc: Any, keys: Any, mask: Any) -> tuple[int, int]:
     require_dtype(acc, "acc", ("float64",))
+    if isinstance(acc, np.ndarray) and not acc.flags.writeable:
+        raise ValueError("acc is read-only; covariance_accumulate adds into it in place")
     require_dtype(keys, "keys", KEY_DTYPES)
     if len(keys.shape) != 2:
         raise ValueError(f"keys must be 2-D (n, d), got shape {tuple(keys.shape)}")
@@ -111,6 +114,8 @@ def _check_solve(c0: Any, lam: Any, s_kk: Any, s_rk: Any, c_acc: Any, layer: str
     if len(c0.shape) != 2 or c0.shape[0] != c0.shape[1]:
         raise ValueError(f"c0 must be square (d, d), got shape {tuple(c0.shape)}")
     d = int(c0.shape[0])
+    if s_kk is None:
+        raise ValueError("s_kk is required (the summed K Kᵀ; zeros where there is none)")
     for name, op in (("s_kk", s_kk), ("c_acc", c_acc)):
         if op is None:
             continue
@@ -120,10 +125,17 @@ def _check_solve(c0: Any, lam: Any, s_kk: Any, s_rk: Any, c_acc: Any, layer: str
     require_dtype(s_rk, "s_rk", MATRIX_DTYPES)
     if len(s_rk.shape) != 2 or s_rk.shape[1] != d:
         raise ValueError(f"s_rk has shape {tuple(s_rk.shape)}; expected (d_out, {d})")
-    if not isinstance(lam, (int, float, np.floating, np.integer)) or not np.isfinite(lam):
+    if isinstance(lam, bool) or not isinstance(lam, (int, float, np.floating, np.integer)) or not _finite(lam):
         raise ValueError(f"lam must be a finite real number, got {lam!r}")
     _check_solve_values((("c0", c0), ("s_kk", s_kk), ("c_acc", c_acc), ("s_rk", s_rk)), layer)
     return d
+
+
+def _finite(number) -> bool:
+    try:
+        return math.isfinite(float(number))
+    except OverflowError:  # an int past float64's range
+        return False
 
 
 def _check_solve_values(operands: tuple[tuple[str, Any], ...], layer: str | None) -> None:
@@ -239,7 +251,11 @@ def mask_encode(
         except reference.FixedPointRangeError as error:
             raise bad_value_error(host, error.index, scale_bits, bound) from None
     else:
-        bad = _backends.cpu_module.mask_encode(host, scale_bits, bound, b"".join(seeds), np.array(signs, np.int8), words)
+        # A caller's buffer is checked before it is written, so that a refused call leaves it intact.
+        bad = -1 if out is None else _backends.cpu_module.first_unencodable(host, scale_bits, bound)
+        if bad < 0:
+            bad = _backends.cpu_module.mask_encode(host, scale_bits, bound, b"".join(seeds),
+                                                   np.array(signs, np.int8), words)
         if bad >= 0:
             raise bad_value_error(host, bad, scale_bits, bound)
     return like(words.reshape(host.shape), values) if out is None else out
@@ -260,6 +276,7 @@ def mask_decode(ring_sum: Any, scale_bits: int, n_parties: int, bound: int | Non
     scale_bits = check_scale_bits(scale_bits)
     if isinstance(n_parties, bool) or not isinstance(n_parties, (int, np.integer)) or n_parties < 1:
         raise ValueError(f"n_parties must be an int >= 1, got {n_parties!r}")
+    n_parties = int(n_parties)  # a numpy integer would wrap in the product below
     if bound is not None and check_bound(bound, DEFAULT_BOUND) * n_parties >= 2**63:
         raise ValueError(
             f"{n_parties} parties x bound {bound} >= 2^63: the ring sum may have wrapped; "

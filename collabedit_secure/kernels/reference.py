@@ -14,6 +14,8 @@ class NotPositiveDefiniteError(ValueError):
 
 def packed_size(d: int) -> int:
     """Number of entries of the packed upper triangle of a d x d matrix."""
+    if d < 0:
+        raise ValueError(f"matrix dimension must be >= 0, got {d}")
     return d * (d + 1) // 2
 
 
@@ -27,16 +29,26 @@ def dim_from_packed(n: int) -> int:
     return d
 
 
-def pack_upper(matrix: torch.Tensor) -> torch.Tensor:
-    """Row-major upper triangle (i <= j) of a square matrix, as a 1-D tensor."""
+def pack_upper(matrix):
+    """Row-major upper triangle (i <= j) of a square matrix, as a 1-D tensor (numpy in, numpy out)."""
+    if not isinstance(matrix, torch.Tensor):
+        return pack_upper(torch.tensor(matrix)).numpy()
+    if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"pack_upper needs a square (d, d) matrix, got shape {tuple(matrix.shape)}")
     d = matrix.shape[0]
     rows, cols = torch.triu_indices(d, d, device=matrix.device)
     return matrix[rows, cols].contiguous()
 
 
-def unpack_upper(packed: torch.Tensor, d: int | None = None) -> torch.Tensor:
-    """Symmetric d x d matrix from its row-major packed upper triangle."""
+def unpack_upper(packed, d: int | None = None):
+    """Symmetric d x d matrix from its row-major packed upper triangle (numpy in, numpy out)."""
+    if not isinstance(packed, torch.Tensor):
+        return unpack_upper(torch.tensor(packed), d).numpy()
+    if packed.dim() != 1:
+        raise ValueError(f"unpack_upper needs a 1-D packed triangle, got shape {tuple(packed.shape)}")
     d = dim_from_packed(packed.numel()) if d is None else d
+    if packed_size(d) != packed.numel():
+        raise ValueError(f"a packed {d} x {d} triangle has {packed_size(d)} entries, got {packed.numel()}")
     rows, cols = torch.triu_indices(d, d, device=packed.device)
     full = torch.zeros(d, d, dtype=packed.dtype, device=packed.device)
     full[rows, cols] = packed
@@ -61,8 +73,8 @@ def covariance_accumulate(acc: torch.Tensor, keys: torch.Tensor, mask: torch.Ten
     update = k64.T @ k64
     if acc.dim() == 1:
         acc += pack_upper(update)
-    else:
-        acc += update
+    else:  # the upper triangle plus the update, mirrored: the compiled kernels' contract
+        acc.copy_(symmetric_from_upper(acc + update, acc.shape[0]))
     return acc
 
 

@@ -12,6 +12,7 @@ keys, which is why they degrade as edits grow (CollabEdit and global editing do 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -22,8 +23,8 @@ LayerDeltas = Mapping[str, torch.Tensor]
 def check_party_deltas(deltas: Sequence[LayerDeltas]) -> list[str]:
     """Reject empty input, non-finite updates and parties whose layers, shapes, dtypes or devices
     differ; return layer names."""
-    if len(deltas) == 0:
-        raise ValueError("no party deltas given: need at least one {layer_name: tensor} dict")
+    if isinstance(deltas, Mapping) or len(deltas) == 0:
+        raise ValueError("party deltas must be a non-empty list of {layer_name: tensor} dicts, one per party")
     reference = deltas[0]
     if len(reference) == 0:
         raise ValueError("party 0 has no layers")
@@ -41,6 +42,9 @@ def check_party_deltas(deltas: Sequence[LayerDeltas]) -> list[str]:
 def _check_same_kind(party: int, name: str, tensor, reference: torch.Tensor) -> None:
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"party {party} layer {name!r}: expected a torch.Tensor, got {type(tensor).__name__}")
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        raise ValueError(f"party {party} layer {name!r}: expected a non-empty floating-point update, got "
+                         f"{tensor.dtype} of shape {tuple(tensor.shape)}")
     if tensor.shape != reference.shape:
         raise ValueError(
             f"party {party} layer {name!r}: shape {tuple(tensor.shape)} != party 0's {tuple(reference.shape)}"
@@ -76,6 +80,8 @@ def ties_merge(deltas: Sequence[LayerDeltas], density: float = 0.2, scale: float
     """TIES-merging per layer: trim each Δ_i to its largest-magnitude entries, elect signs, disjoint mean, scale."""
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {density}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number, got {scale}")
     names = check_party_deltas(deltas)
     return {name: ties_merge_layer([d[name] for d in deltas], density, scale) for name in names}
 

@@ -97,6 +97,23 @@ def test_bad_arguments(backend, acc, keys, mask, error, message):
         kernels.covariance_accumulate(acc, keys, mask)
 
 
+def test_read_only_acc_is_refused_untouched(backend):
+    acc = np.zeros((3, 3))
+    acc.flags.writeable = False
+    with pytest.raises(ValueError, match="acc is read-only"):
+        kernels.covariance_accumulate(acc, np.ones((2, 3)))
+    assert not acc.any()
+
+
+def test_an_asymmetric_acc_is_read_by_its_upper_triangle(backend, rng):
+    """The documented contract, the same on every backend: the lower triangle is rewritten from the upper."""
+    acc = rng.standard_normal((4, 4))
+    keys = rng.standard_normal((5, 4))
+    upper = np.triu(acc) + np.triu(acc, 1).T
+    kernels.covariance_accumulate(acc, keys)
+    np.testing.assert_allclose(acc, upper + keys.T @ keys, rtol=1e-13, atol=1e-13)
+
+
 # ---------------------------------------------------------------------------------- mixed precision
 #
 # precision="mixed" multiplies float32 keys in float32 over blocks of at most B = 1024 rows and adds

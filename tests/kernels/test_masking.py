@@ -183,6 +183,42 @@ def test_refuses_unencodable_values_with_index(backend, bad):
         kernels.mask_encode(values, 4, None, [], [], bound=2**40)
 
 
+def test_a_refused_encode_leaves_the_callers_buffer_as_it_was(backend):
+    out = np.full(4, 7, np.uint64)
+    with pytest.raises(ValueError, match=r"^value nan at index \(3,\)"):
+        kernels.mask_encode(np.array([1.0, 2.0, 3.0, np.nan]), 0, bytes(32), [], [], out=out)
+    assert out.tolist() == [7, 7, 7, 7]
+
+
+def test_decode_checks_the_bound_for_numpy_party_counts():
+    """int(bound) * np.int64(n) wraps to 0 in numpy: the check must not."""
+    with pytest.raises(ValueError, match="may have wrapped"):
+        kernels.mask_decode(np.zeros(3, np.uint64), 16, np.int64(4), bound=2**62)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: kernels.pack_upper(torch.arange(15.0).reshape(3, 5)), r"square \(d, d\) matrix, got shape \(3, 5\)"),
+    (lambda: kernels.pack_upper(torch.zeros(3, 3, 2)), r"got shape \(3, 3, 2\)"),
+    (lambda: kernels.pack_upper(torch.zeros(3)), r"got shape \(3,\)"),
+    (lambda: kernels.unpack_upper(torch.zeros(1, 6)), r"1-D packed triangle, got shape \(1, 6\)"),
+    (lambda: kernels.unpack_upper(torch.zeros(6), 4), "a packed 4 x 4 triangle has 10 entries, got 6"),
+    (lambda: kernels.unpack_upper(torch.zeros(5)), "packed length 5 is not"),
+    (lambda: kernels.packed_size(-1), "dimension must be >= 0"),
+])
+def test_packing_refuses_what_is_not_a_square_matrix_or_a_triangle(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_packing_takes_numpy_and_returns_numpy():
+    matrix = np.arange(9.0).reshape(3, 3)
+    packed = kernels.pack_upper(matrix)
+    assert isinstance(packed, np.ndarray) and packed.tolist() == [0, 1, 2, 4, 5, 8]
+    unpacked = kernels.unpack_upper(packed)
+    assert isinstance(unpacked, np.ndarray)
+    np.testing.assert_array_equal(unpacked, np.triu(matrix) + np.triu(matrix, 1).T)
+
+
 def test_bound_is_inclusive(backend):
     assert kernels.mask_encode(np.array([-16.0, 16.0]), 2, None, [], [], bound=64).view(np.int64).tolist() == [-64, 64]
     with pytest.raises(ValueError, match="bound = 63"):

@@ -85,6 +85,9 @@ def test_nan_input_is_refused_not_propagated(backend, rng):
         (np.eye(3), np.zeros(5), np.zeros((2, 3)), 1.0, ValueError, "s_kk has shape"),
         (np.eye(3, dtype=np.int64), np.zeros((3, 3)), np.zeros((2, 3)), 1.0, TypeError, "c0 has dtype int64"),
         (np.eye(3), np.zeros((3, 3)), np.zeros((2, 3)), float("nan"), ValueError, "lam must be"),
+        (np.eye(3), np.zeros((3, 3)), np.zeros((2, 3)), 10**400, ValueError, "lam must be"),
+        (np.eye(3), np.zeros((3, 3)), np.zeros((2, 3)), True, ValueError, "lam must be"),
+        (np.eye(3), None, np.zeros((2, 3)), 1.0, ValueError, "s_kk is required"),
     ],
 )
 def test_bad_arguments(backend, c0, s_kk, s_rk, lam, error, message):

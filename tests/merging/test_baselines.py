@@ -87,8 +87,24 @@ def test_ties_full_density_one_party_is_scaled_party():
 
 @pytest.mark.parametrize("merge", [task_arithmetic, simple_average, ties_merge])
 def test_empty_party_list_rejected(merge):
-    with pytest.raises(ValueError, match="no party deltas"):
+    with pytest.raises(ValueError, match="must be a non-empty list of"):
         merge([])
+    with pytest.raises(ValueError, match="one per party"):
+        merge({"layer": torch.ones(2, 2)})  # one party's dict where the list of parties belongs
+
+
+@pytest.mark.parametrize("merge", [task_arithmetic, simple_average, ties_merge])
+@pytest.mark.parametrize("bad", [torch.ones(2, 2, dtype=torch.bool), torch.ones(2, 2, dtype=torch.int64),
+                                 torch.zeros(0, 2)])
+def test_updates_that_are_not_float_or_empty_are_rejected(merge, bad):
+    with pytest.raises(ValueError, match="layer 'w': expected a non-empty floating-point update"):
+        merge([{"w": bad}, {"w": bad.clone()}])
+
+
+@pytest.mark.parametrize("scale", [float("inf"), float("nan")])
+def test_ties_scale_must_be_finite(scale):
+    with pytest.raises(ValueError, match="scale must be a finite number"):
+        ties_merge([{"w": torch.ones(3)}, {"w": -torch.ones(3)}], scale=scale)
 
 
 @pytest.mark.parametrize("merge", [task_arithmetic, simple_average, ties_merge])
