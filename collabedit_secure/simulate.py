@@ -85,11 +85,12 @@ class SimulationConfig:
                              "--model default)")
         check_c0_source(self.model, self.corpus, self.stats)
         if self.dataset is not None:
-            from .eval.datasets import check_dataset
+            from .eval.datasets import check_dataset, load_dataset
 
             kind = check_dataset(self.dataset, fluency=self.fluency)  # fail now, not after the edits
             if kind != "counterfact":
                 raise ValueError(f"simulate needs a CounterFact-format dataset; {self.dataset} is {kind}")
+            split_cases(load_dataset(self.dataset)[1], self)  # enough distinct subjects, before the model loads
 
 
 def split_cases(records: list[dict], config: SimulationConfig) -> list[list[list[dict]]]:

@@ -585,6 +585,8 @@ def test_bad_hparams_files_fail_before_any_model_loads(command, text, message, t
     (["eval", "--model", "default", "--dataset", "{file}", "--json", "{file}"],
      "--json {file} is the --dataset file; writing the results would replace it"),
     (["simulate", "--dataset", "{file}", "--json", "{file}"], "--json {file} is the --dataset file"),
+    (["simulate", "--dataset", "{file}"], "the dataset has 1 records with distinct subjects; 10 parties x 20 "
+                                          "edits x 1 rounds need 200"),
 ])
 def test_contradictory_arguments_fail_before_any_model_loads(argv, message, tmp_path, capsys, monkeypatch):
     forbid_work(monkeypatch)
