@@ -15,6 +15,7 @@ from collabedit_secure.eval.conflict import evaluate_conflict
 from collabedit_secure.eval.context_window import check_context
 from collabedit_secure.eval.counterfact import evaluate_counterfact
 from collabedit_secure.eval.zsre import evaluate_zsre
+from collabedit_secure.files import json_safe, share_as_umask_allows
 
 REPORT_VERSION = 1
 TABLE_COLUMNS = ("efficacy", "generalization", "specificity", "score", "fluency")
@@ -94,35 +95,19 @@ def write_report(path, per_case: list[dict], summary: Mapping, meta: Mapping) ->
         "summary": summary,
         "cases": per_case,
     }
-    text = json.dumps(_json_safe(report), indent=1, allow_nan=False)
+    text = json.dumps(json_safe(report), indent=1, allow_nan=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text + "\n")
+        share_as_umask_allows(Path(temp))  # mkstemp's 0600 would hide the report from other users
         os.replace(temp, path)
     except BaseException:
         os.unlink(temp)
         raise
     return path
-
-
-def _json_safe(value):
-    """Tensors, numpy scalars and tuples to plain JSON values; NaN and inf to None."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "tolist"):  # torch tensors and numpy arrays / scalars
-        return _json_safe(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write a {type(value).__name__} to the JSON report")
 
 
 def format_value(value) -> str:

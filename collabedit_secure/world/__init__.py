@@ -4,8 +4,8 @@ No model can be downloaded here, so the project generates one (deterministically
 CPU cores) and caches it under $COLLABEDIT_CACHE or ~/.cache/collabedit_secure.
 
 The default world (WorldConfig()):
-- 1,000 people with syllable-built two-word names (e.g. "Koro Potrer"); no name or surname is a
-  substring of another;
+- 1,000 people with syllable-built two-word names (e.g. "Koro Potrer"); no surname, and so no full
+  name, is a substring of another;
 - 20 relations R01..R20, each with a rewrite template, two paraphrases and two generation templates:
   mother tongue, birth city, profession, instrument, sport, citizenship, employer, favourite colour,
   pet, field of study, favourite food, landscape lived near, political party, kind of writing, means

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..files import json_safe, share_as_umask_allows
 from .config import WorldConfig
 
 MANIFEST = "manifest.json"
@@ -71,7 +72,7 @@ def _sha256(path: Path) -> str:
 
 
 def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=1, ensure_ascii=False))
+    path.write_text(json.dumps(json_safe(obj), indent=1, ensure_ascii=False, allow_nan=False))
 
 
 def write_manifest(root: Path, config: WorldConfig) -> None:
@@ -141,12 +142,6 @@ def _build_into(tmp: Path, config: WorldConfig, progress: bool) -> None:
     write_manifest(tmp, config)  # last: its presence means everything above is complete
 
 
-def _umask() -> int:
-    current = os.umask(0o022)
-    os.umask(current)
-    return current
-
-
 def build_world(out_dir, config: WorldConfig | None = None, progress: bool = True) -> WorldBundle:
     """Generate, tokenise, train and save a world into out_dir (built in a temp dir, renamed atomically)."""
     config = config or WorldConfig()
@@ -155,9 +150,9 @@ def build_world(out_dir, config: WorldConfig | None = None, progress: bool = Tru
         raise FileExistsError(f"{out_dir} already exists; remove it or pick another directory")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide a shared cache from its other users
     try:
         _build_into(tmp, config, progress)
+        share_as_umask_allows(tmp, *tmp.rglob("*"))  # mkdtemp and safetensors would keep it to its builder
         os.rename(tmp, out_dir)  # atomic on one filesystem; fails if another builder won the race
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -214,12 +209,44 @@ def _check_loadable(bundle: WorldBundle) -> str | None:
     hf_logging.disable_progress_bar()  # a check, not the load the user asked for: no second bar
     try:
         bundle.load_model()
-    except Exception as exc:  # any failure to load means the cache is unusable
+    except Exception as exc:  # reported with its cause
         return f"model does not load: {type(exc).__name__}: {exc}"
     finally:
         if shown:
             hf_logging.enable_progress_bar()
     return None
+
+
+class WorldCacheError(OSError):
+    """A cached world whose files are intact does not load here (it is left in place)."""
+
+
+def _open_verified(final: Path, config: WorldConfig) -> WorldBundle:
+    """A build whose every file matches its manifest is what we built: if it does not load, the
+    cause is this environment (memory, an incompatible transformers), which a rebuild would not fix."""
+    bundle = open_bundle(final, config)
+    reason = _check_loadable(bundle)
+    if reason is not None:
+        raise WorldCacheError(f"the cached world at {final} is complete (every file matches its manifest) "
+                              f"but its {reason}; remove the folder to rebuild it")
+    return bundle
+
+
+def _remove_stale_builds(final: Path, lock: Path | None = None) -> None:
+    """Delete build folders that killed builders left. Under the lock no builder is running; with
+    `lock` it is taken here, and a read-only cache keeps its leftovers (they cost disk, not builds)."""
+    stale = list(final.parent.glob(f".{final.name}.building-*"))
+    if not stale:
+        return
+    if lock is None:
+        for folder in stale:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
+    try:
+        with _locked(lock):
+            _remove_stale_builds(final)
+    except OSError:
+        pass
 
 
 def load_default(cache_dir=None, progress: bool = True, config: WorldConfig | None = None) -> WorldBundle:
@@ -230,20 +257,16 @@ def load_default(cache_dir=None, progress: bool = True, config: WorldConfig | No
     config = config or WorldConfig()
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_root()
     final = root / f"world-{config.cache_key()}"
-    stale = list(root.glob(f".{final.name}.building-*"))  # a killed builder's: removed under the lock
-    if not stale and verify_bundle(final, config) is None:  # a finished build never changes, so it is
-        bundle = open_bundle(final, config)  # read without the lock: a read-only cache (a shared mount) works
-        if _check_loadable(bundle) is None:
-            return bundle
-    with _locked(root / f"world-{config.cache_key()}.lock"):
-        for stale in root.glob(f".{final.name}.building-*"):  # left by a killed builder; we hold the lock
-            shutil.rmtree(stale, ignore_errors=True)
+    lock = root / f"world-{config.cache_key()}.lock"
+    if verify_bundle(final, config) is None:  # a finished build never changes, so it is read without
+        bundle = _open_verified(final, config)  # the lock: a read-only cache (a shared mount) works
+        _remove_stale_builds(final, lock)
+        return bundle
+    with _locked(lock):
+        _remove_stale_builds(final)
         reason = verify_bundle(final, config)
-        if reason is None:
-            bundle = open_bundle(final, config)
-            reason = _check_loadable(bundle)
-            if reason is None:
-                return bundle
+        if reason is None:  # another process finished it while we waited
+            return _open_verified(final, config)
         if final.exists():
             warnings.warn(f"cached world at {final} is invalid ({reason}); rebuilding", RuntimeWarning,
                           stacklevel=2)

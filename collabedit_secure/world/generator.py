@@ -43,7 +43,9 @@ def _word(rng: random.Random, syllables: int) -> str:
 
 
 def make_names(rng: random.Random, n: int, forbidden: set[str]) -> list[str]:
-    """n unique 'First Last' names; no name or surname is a substring of another (prompts stay unambiguous)."""
+    """n unique 'First Last' names: no surname is a substring of another, so no full name is a
+    substring of another either (prompts stay unambiguous). First names come from a shared pool and
+    may occur inside surnames ("Bose Bose", "Driha Modrihai"), which no prompt confuses."""
     first_pool = sorted({_word(rng, 2) for _ in range(4 * max(50, n // 5))} - forbidden)
     names: list[str] = []
     surnames: list[str] = []

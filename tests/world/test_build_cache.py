@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 
 import pytest
@@ -129,17 +130,48 @@ def test_damaged_manifest_is_detected_and_rebuilt(tiny, cache_root, manifest):
     assert rebuilt.built_now and verify_bundle(rebuilt.root, TINY) is None
 
 
-def test_a_valid_build_is_read_without_taking_the_lock(tiny, cache_root):
+@pytest.mark.parametrize("leftover", [False, True])
+def test_a_valid_build_is_read_without_taking_the_lock(tiny, cache_root, leftover):
     """Reading needs no write access to the cache (e.g. a read-only shared mount): here the lock
-    file cannot even be opened, and the valid build is still served."""
+    file cannot even be opened, and the valid build is still served, also beside a folder that a
+    killed builder left (which only a writer can remove)."""
     lock = cache_root / f"{tiny.root.name}.lock"
+    stale = cache_root / f".{tiny.root.name}.building-dead"
     lock.unlink(missing_ok=True)
     lock.mkdir()
+    if leftover:
+        stale.mkdir()
     try:
         again = load_default(cache_dir=cache_root, progress=False, config=TINY)
     finally:
         lock.rmdir()
+        shutil.rmtree(stale, ignore_errors=True)
     assert not again.built_now and again.root == tiny.root
+
+
+def test_an_intact_build_that_does_not_load_is_reported_not_rebuilt(tiny, cache_root, monkeypatch):
+    """Every file matches the manifest, so the cause is here (memory, a transformers that cannot read
+    it): a rebuild would not fix it, and the build stays where it is."""
+    from collabedit_secure.world import cache
+
+    def out_of_memory(self, *args, **kwargs):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(cache.WorldBundle, "load_model", out_of_memory)
+    with pytest.raises(cache.WorldCacheError, match=rf"{tiny.root} is complete .* but its model does not load: "
+                                                    r"MemoryError: simulated; remove the folder to rebuild it"):
+        load_default(cache_dir=cache_root, progress=False, config=TINY)
+    assert verify_bundle(tiny.root, TINY) is None
+
+
+def test_cache_json_is_strict_json(tmp_path):
+    """A diverged test build's NaN losses are written as null, which every JSON reader parses."""
+    from collabedit_secure.world.cache import _write_json
+
+    _write_json(tmp_path / "k.json", {"history": [{"loss": float("nan")}, {"loss": float("inf")}]})
+    text = (tmp_path / "k.json").read_text()
+    assert json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON")) == \
+        {"history": [{"loss": None}, {"loss": None}]}
 
 
 def test_config_change_uses_another_cache_entry(tiny, cache_root):
@@ -158,6 +190,8 @@ def test_a_build_is_as_readable_as_any_new_directory(tiny):
     umask = os.umask(0o022)
     os.umask(umask)
     assert stat.S_IMODE(tiny.root.stat().st_mode) == 0o777 & ~umask  # not mkdtemp's 0700
+    for path in tiny.root.rglob("*"):  # not safetensors' 0600 either
+        assert stat.S_IMODE(path.stat().st_mode) == (0o777 if path.is_dir() else 0o666) & ~umask, path
 
 
 def test_build_world_refuses_existing_dir(tmp_path):
