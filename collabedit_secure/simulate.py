@@ -33,6 +33,7 @@ from .editing.requests import EditRequest
 from .editing.targets import TargetCache
 from .eval.context_window import check_context
 from .eval.report import evaluate_dataset, format_summary_table, format_value
+from .files import json_safe
 from .merging.baselines import simple_average, task_arithmetic, ties_merge
 from .pipeline import DEFAULT_MODEL, check_c0_source, covariances, default_hparams, load_model
 
@@ -235,7 +236,7 @@ def run_simulation(config: SimulationConfig, json_out: Path | None = None) -> di
     }
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=2, default=str))
+        json_out.write_text(json.dumps(json_safe(report, fallback=str), indent=2, allow_nan=False))
         print(f"results written to {json_out}")
     return report
 

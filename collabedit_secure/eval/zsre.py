@@ -112,7 +112,9 @@ def evaluate_zsre(model, tok, records: list[dict], batch_size: int = 64) -> tupl
     flags = iter(next_token_correct(model, tok, flat, batch_size))
     per_case = []
     for record, record_sets in zip(records, sets):
-        case = {"case_id": record["case_id"], "prompt": record["requested_rewrite"]["prompt"]}
+        rewrite = record["requested_rewrite"]
+        case = {"case_id": record["case_id"], "prompt": rewrite["prompt"].format(rewrite["subject"]),
+                "target_new": rewrite["target_new"]["str"]}  # as CounterFact's cases name them
         for name, probes in record_sets.items():
             correct = [next(flags) for _ in probes]
             case[f"{name}_prompts_correct"] = correct

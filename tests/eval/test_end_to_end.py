@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 
 import pytest
 import torch
@@ -74,6 +76,9 @@ def test_zsre_eval_shapes_ranges_and_direct_check(shared_data, tiny_model, tiny_
     answer_tokens = len(tiny_tok(" " + records[0]["requested_rewrite"]["target_new"]["str"])["input_ids"])
     assert len(per_case[0]["rewrite_prompts_correct"]) == answer_tokens
     assert len(per_case[0]["neighborhood_prompts_correct"]) == len(records[0]["neighborhood_prompts"])
+    rewrite = records[0]["requested_rewrite"]  # cases name their prompt and target as CounterFact's do
+    assert per_case[0]["prompt"] == rewrite["prompt"].format(rewrite["subject"])
+    assert per_case[0]["target_new"] == rewrite["target_new"]["str"]
 
 
 def _question_with_word_prediction(model, tok):
@@ -152,6 +157,9 @@ def test_write_report_round_trip(tmp_path, counterfact_eval):
     assert report["summary"]["score"] == pytest.approx(summary["score"])
     assert report["summary"]["bad"] is None
     assert list(path.parent.iterdir()) == [path]  # no temp file left behind
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # as open() makes it, not mkstemp's 0600
     with pytest.raises(TypeError, match="cannot write a object"):
         write_report(tmp_path / "x.json", [{"v": object()}], {}, {})
 
@@ -189,3 +197,21 @@ def test_conflict_probe_matches_direct_probabilities(shared_data, tiny_model, ti
     assert summary["rewrite_conflict_gap"] == pytest.approx(100 * sum(gaps) / 5)
     assert summary["rewrite_conflict_wins"] == 100 * sum(g > 0 for g in gaps) / 5
     assert 0.0 <= summary["generalization"] <= 100.0  # probes double as paraphrase prompts
+
+
+def test_eval_prints_strict_json_for_a_model_that_gives_nan(shared_data, tiny_model, tiny_tok, tmp_path, capsys):
+    """A broken model's NaN metrics print as null: the summary on stdout is what any JSON reader parses."""
+    import copy
+
+    from collabedit_secure.cli import main
+
+    broken = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        broken.transformer.h[0].mlp.c_proj.weight.fill_(float("nan"))
+    broken.save_pretrained(tmp_path / "broken")
+    tiny_tok.save_pretrained(tmp_path / "broken")
+    dataset = shared_data / "counterfact" / "multi_counterfact-30.json"
+    assert main(["eval", "--model", str(tmp_path / "broken"), "--dataset", str(dataset), "--no-fluency",
+                 "--json", str(tmp_path / "report.json")]) == 0
+    printed = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} printed"))
+    assert printed["rewrite_diff"] is None
