@@ -84,6 +84,8 @@ def write_manifest(root: Path, config: WorldConfig) -> None:
 def verify_bundle(root: Path, config: WorldConfig) -> str | None:
     """None if root holds a complete, untampered build of config; otherwise the reason it does not."""
     manifest_path = root / MANIFEST
+    if root.exists() and not root.is_dir():
+        return "a file, not a directory"
     if not root.is_dir():
         return "directory missing"
     if not manifest_path.is_file():
@@ -101,6 +103,8 @@ def verify_bundle(root: Path, config: WorldConfig) -> str | None:
             return f"manifest does not list {name}"
     for name, digest in entries.items():
         path = root / name
+        if not path.resolve().is_relative_to(root.resolve()):
+            return f"manifest names {name!r}, outside the build"
         if not path.is_file():
             return f"{name} missing"
         if _sha256(path) != digest:
@@ -272,5 +276,8 @@ def load_default(cache_dir=None, progress: bool = True, config: WorldConfig | No
                           stacklevel=2)
             trash = final.with_name(f".{final.name}.invalid-{os.getpid()}-{time.time_ns()}")
             os.rename(final, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            if trash.is_dir():
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                trash.unlink()
         return build_world(final, config, progress=progress)

@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 
 # Bump when generator/tokenizer/training code changes what a given config produces.
@@ -62,10 +63,27 @@ class WorldConfig:
     def __post_init__(self) -> None:
         positive = ["n_subjects", "n_relations", "relations_per_subject", "objects_per_relation",
                     "n_neighbours", "vocab_size", "n_layer", "n_embd", "n_head", "n_inner",
-                    "n_positions", "batch_size", "max_epochs", "schedule_epochs", "threads", "check_sample"]
+                    "n_positions", "batch_size", "max_epochs", "schedule_epochs", "threads", "check_sample",
+                    "max_sentences_per_text"]
+        counts = [*positive, "seed", "train_seed", "warmup_steps", "final_check_records"]
+        for name in counts:  # 1000.0 would hash to another cache key than 1000 for the same world
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"WorldConfig.{name} must be an integer, got {value!r}")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"WorldConfig.{name} must be positive, got {getattr(self, name)}")
+        for name in ("warmup_steps", "final_check_records"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"WorldConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name, low, high in (("filler_per_subject", 0, None), ("lr", None, None), ("min_lr_ratio", 0, 1),
+                                ("weight_decay", 0, None), ("object_weight", None, None), ("check_margin", 0, None)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+                    or (low is None and value <= 0) or (low is not None and value < low) \
+                    or (high is not None and value > high):
+                bounds = f"in [{low}, {high}]" if high is not None else (f">= {low}" if low is not None else "> 0")
+                raise ValueError(f"WorldConfig.{name} must be a finite number {bounds}, got {value!r}")
         if self.relations_per_subject > self.n_relations:
             raise ValueError(f"relations_per_subject={self.relations_per_subject} > n_relations={self.n_relations}")
         if self.objects_per_relation < 2:

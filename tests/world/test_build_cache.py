@@ -130,6 +130,29 @@ def test_damaged_manifest_is_detected_and_rebuilt(tiny, cache_root, manifest):
     assert rebuilt.built_now and verify_bundle(rebuilt.root, TINY) is None
 
 
+def test_a_manifest_naming_files_outside_the_build_is_refused(tiny):
+    manifest = tiny.root / "manifest.json"
+    original = manifest.read_text()
+    data = json.loads(original)
+    data["files"]["../outside.json"] = "0" * 64
+    manifest.write_text(json.dumps(data))
+    try:
+        assert verify_bundle(tiny.root, TINY) == "manifest names '../outside.json', outside the build"
+    finally:
+        manifest.write_text(original)
+    assert verify_bundle(tiny.root, TINY) is None
+
+
+def test_a_file_where_the_build_belongs_is_replaced_without_leftovers(tmp_path):
+    final = tmp_path / f"world-{TINY.cache_key()}"
+    final.write_text("not a world")
+    assert verify_bundle(final, TINY) == "a file, not a directory"
+    with pytest.warns(RuntimeWarning, match="a file, not a directory"):
+        bundle = load_default(cache_dir=tmp_path, progress=False, config=TINY)
+    assert bundle.built_now and verify_bundle(final, TINY) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == [final.name, f"{final.name}.lock"]
+
+
 @pytest.mark.parametrize("leftover", [False, True])
 def test_a_valid_build_is_read_without_taking_the_lock(tiny, cache_root, leftover):
     """Reading needs no write access to the cache (e.g. a read-only shared mount): here the lock

@@ -124,6 +124,20 @@ def test_impossible_world_is_rejected_precisely():
         WorldConfig(train_dtype="float16")
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("n_subjects", 1000.0, "n_subjects must be an integer, got 1000.0"),  # would key another cache entry
+    ("max_sentences_per_text", 0, "max_sentences_per_text must be positive"),
+    ("warmup_steps", -1, "warmup_steps must be >= 0"),
+    ("filler_per_subject", -0.5, r"filler_per_subject must be a finite number >= 0"),
+    ("lr", -1e-3, "lr must be a finite number > 0"),
+    ("object_weight", float("nan"), "object_weight must be a finite number > 0"),
+    ("min_lr_ratio", 2.0, r"min_lr_ratio must be a finite number in \[0, 1\]"),
+])
+def test_config_values_out_of_range_are_named(field, value, message):
+    with pytest.raises(ValueError, match=f"^WorldConfig.{message}"):
+        WorldConfig(**{field: value})
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_train_dtype_follows_the_cpu_and_keys_the_cache(monkeypatch, native):
     """bfloat16 only where the CPU has it (emulated, it is ~20x slower than float32); the cache key
