@@ -14,6 +14,7 @@ Global MEMIT is one party holding every request; a party's local MEMIT is one pa
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,9 +27,11 @@ from .context import check_templates, generate_context_templates
 from .delta import EditDelta, creation_info
 from .hparams import MemitHparams
 from .keys import compute_keys
-from .requests import EditRequest
+from .requests import EditRequest, shared_keys
 from .targets import TargetCache, check_prompts_fit, compute_targets
 from .tokens import check_tokenizer, context_limit
+
+log = logging.getLogger(__name__)
 
 SCHEDULES = ("parallel", "sequential")
 
@@ -159,6 +162,8 @@ def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0
                                                hparams.context_template_length_params)
     templates = check_templates(templates)
     check_prompts_fit(model, tok, [r for party in parties for r in party], templates)
+    for warning in shared_keys([r for party in parties for r in party]):
+        log.warning(warning)
 
     dtypes = _float_dtypes(model)
     if hparams.edit_dtype == "float64":

@@ -88,3 +88,24 @@ def _target(case_id, rewrite: dict, field: str) -> str:
 
 def requests_from_records(records) -> list[EditRequest]:
     return [EditRequest.from_record(record) for record in records]
+
+
+def shared_keys(requests: list[EditRequest]) -> list[str]:
+    """Warnings for requests that MEMIT gives the same key: the key is read at the subject's last
+    token, so it depends only on the prompt up to the subject. Two such requests ask one key for two
+    values (the solve averages them, and neither may take fully) or repeat one edit."""
+    groups: dict[tuple[str, str], list[EditRequest]] = {}
+    for request in requests:
+        groups.setdefault((request.prompt.split("{}")[0], request.subject), []).append(request)
+    warnings = []
+    for (_, subject), group in groups.items():
+        if len(group) < 2:
+            continue
+        ids = ", ".join(repr(r.case_id) for r in group)
+        if len({r.target_new for r in group}) == 1:
+            warnings.append(f"edit requests {ids} repeat one edit of {subject!r}")
+        else:
+            warnings.append(f"edit requests {ids} give {subject!r} different targets from the same key "
+                            "(the prompt up to the subject is the same): the solve fits their average, "
+                            "and neither may take fully")
+    return warnings

@@ -278,6 +278,33 @@ def test_request_from_raw_prompt_and_record():
                                                                        "target_new": "y"}})
 
 
+def test_requests_that_share_a_key_are_named():
+    from collabedit_secure.editing.requests import shared_keys
+
+    requests = [EditRequest("a", "{} is a citizen of", "Tom", "France"),
+                EditRequest("b", "{} plays the", "Tom", "piano"),  # same key: nothing before the subject
+                EditRequest("c", "The mother tongue of {} is", "Tom", "French"),  # another key
+                EditRequest("d", "The mother tongue of {} is", "Ann", "French"),
+                EditRequest("e", "The mother tongue of {} is", "Ann", "French")]
+    assert shared_keys(requests) == [
+        "edit requests 'a', 'b' give 'Tom' different targets from the same key (the prompt up to the "
+        "subject is the same): the solve fits their average, and neither may take fully",
+        "edit requests 'd', 'e' repeat one edit of 'Ann'",
+    ]
+    assert shared_keys(requests[1:4]) == []
+
+
+def test_edit_warns_about_requests_that_share_a_key(tok, caplog):
+    model = tiny_model("gpt2", tok)
+    hp = tiny_hparams(v_num_grad_steps=2)
+    c0 = {l: random_c0(ModelAdapter.from_model(model, hp).key_dim(model, l), l) for l in hp.layers}
+    first, second = tiny_requests(2)
+    clash = EditRequest("clash", first.prompt, first.subject, "Rome")  # a party's edit vs another's
+    with caplog.at_level("WARNING", logger="collabedit_secure.editing.memit"):
+        edit(model, tok, [[first, second], [clash]], hp, c0, templates=[["{}"]])
+    assert f"edit requests 'case0', 'clash' give {first.subject!r} different targets" in caplog.text
+
+
 def test_subject_index_same_under_left_and_right_padding(gpt2_f64, tok):
     adapter = ModelAdapter.from_model(gpt2_f64)
     templates = [["{}"], ["Because of the long story. {}", "I. {}"]]
