@@ -111,9 +111,13 @@ def write_report(path, per_case: list[dict], summary: Mapping, meta: Mapping) ->
 
 
 def format_value(value) -> str:
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy and torch scalars
+        value = value.item()
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
         return str(value)
     if value != 0 and not 1e-2 <= abs(value) < 1e6:
         return f"{value:.3e}"

@@ -164,6 +164,15 @@ def test_write_report_round_trip(tmp_path, counterfact_eval):
         write_report(tmp_path / "x.json", [{"v": object()}], {}, {})
 
 
+def test_table_values_are_formatted_whatever_their_kind():
+    import numpy as np
+
+    from collabedit_secure.eval.report import format_value
+
+    assert [format_value(v) for v in (5, 99.12345, np.float32(99.12345), torch.tensor(0.5), float("nan"), None,
+                                      3.6e-14, "x")] == ["5", "99.12", "99.12", "0.50", "-", "-", "3.600e-14", "x"]
+
+
 def test_summary_table_is_aligned(counterfact_eval):
     _, summary = counterfact_eval
     table = format_summary_table(
