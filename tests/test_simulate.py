@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from collabedit_secure.simulate import SimulationConfig, split_cases
+from collabedit_secure.simulate import SimulationConfig, relative_errors, split_cases
 
 
 def records(subjects: list[str]) -> list[dict]:
@@ -26,3 +27,46 @@ def test_split_refuses_more_edits_than_distinct_subjects():
     pool = records(["a", "b", "a", "c", "b"])
     with pytest.raises(ValueError, match="3 records with distinct subjects; 2 parties x 2 edits x 1 rounds need 4"):
         split_cases(pool, SimulationConfig(parties=2, edits_per_party=2, rounds=1))
+
+
+def test_relative_errors_is_the_worst_layer_per_round():
+    eye = torch.eye(3, dtype=torch.float64)
+    reference = [{"a": eye, "b": 2 * eye}, {"a": eye, "b": eye}]
+    got = [{"a": eye * 1.5, "b": 2 * eye + 1e-3 * eye}, {"a": eye, "b": eye}]
+    errors = relative_errors(got, reference)
+    assert errors == pytest.approx([0.5, 0.0], abs=1e-15)  # round 1: layer a (0.5) beats layer b (5e-4)
+    assert relative_errors([{"a": -eye}], [{"a": eye}]) == [pytest.approx(2.0)]
+
+
+@pytest.mark.slow
+def test_baseline_rows_merge_local_edits_of_the_round_s_model(default_world):
+    """TA / SA / TIES: every party edits the model as the round found it, alone; the server sums,
+    averages or TIES-merges those local updates. Rebuilt here from `edit` and the merge rules."""
+    from collabedit_secure.editing import EditRequest, edit
+    from collabedit_secure.editing.adapters import ModelAdapter, get_module
+    from collabedit_secure.merging.baselines import ties_merge
+    from collabedit_secure.simulate import Experiment
+
+    config = SimulationConfig(parties=2, edits_per_party=1, rounds=2, fluency=False)
+    config.validate()
+    experiment = Experiment(config)
+    experiment.hparams.v_num_grad_steps = 10  # the wiring, not the edits' quality
+    rounds = split_cases(default_world.records, config)
+    merge_rules = {"ta": lambda local: {n: sum(d[n] for d in local) for n in local[0]},
+                   "sa": lambda local: {n: sum(d[n] for d in local) / len(local) for n in local[0]},
+                   "ties": ties_merge}
+    for method, rule in merge_rules.items():
+        _, _, got = experiment.run_method(method, rounds)
+        experiment.reset()
+        for round_index, parties in enumerate(rounds):
+            local = [edit(experiment.model, experiment.tok, [[EditRequest.from_record(r) for r in party]],
+                          experiment.hparams, experiment.c0, templates=experiment.templates,
+                          target_cache=experiment.targets).delta.weights
+                     for party in parties]
+            assert all(not torch.equal(local[0][n], local[1][n]) for n in local[0])  # two different edits
+            want = rule(local)
+            for name, update in want.items():
+                torch.testing.assert_close(got[round_index][name], update.double(), rtol=1e-12, atol=0)
+                module = get_module(experiment.model, name)  # the next round starts from this round's merge
+                with torch.no_grad():
+                    module.weight += (update.T if ModelAdapter.is_transposed(module) else update).float()

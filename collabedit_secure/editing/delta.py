@@ -157,7 +157,10 @@ class EditDelta:
         if directory.exists() and not (directory.is_dir() and not any(directory.iterdir())):
             raise FileExistsError(f"{directory} already exists and is not an empty directory; an EditDelta "
                                   "is never written over another")
-        metadata = json.dumps(self.metadata, indent=2, sort_keys=True, default=str)  # fails before any write
+        try:  # before any write
+            metadata = json.dumps(self.metadata, indent=2, sort_keys=True, default=str)
+        except TypeError as error:
+            raise TypeError(f"the delta's metadata cannot be written as JSON (keys must be strings): {error}") from None
         directory.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:

@@ -320,6 +320,37 @@ def test_subject_index_same_under_left_and_right_padding(gpt2_f64, tok):
     assert torch.allclose(z_left, z_right, rtol=1e-10, atol=1e-12)
 
 
+def test_keys_average_within_each_context_type_then_across_types(gpt2_f64, tok):
+    """MEMIT's two-level mean, read back with a plain hook, one unpadded text at a time: with groups
+    of one and three texts the key is (k_bare + mean(k_a, k_b, k_c)) / 2, not the mean of all four."""
+    adapter = ModelAdapter.from_model(gpt2_f64)
+    request = tiny_requests(2)[1]
+    templates = [["{}"], ["Because of the long story. {}", "I. {}", "You know. {}"]]
+    keys, _ = compute_keys(gpt2_f64, tok, adapter, [request], [1], templates, 2)
+
+    captured = []
+    module = gpt2_f64.transformer.h[1].mlp.c_proj
+    handle = module.register_forward_pre_hook(lambda _, args: captured.append(args[0][0]))
+    per_text = []
+    try:
+        for context in [t for group in templates for t in group]:
+            text = context.format(request.prompt).format(request.subject)
+            subject_end = context.format(request.prompt).index("{}") + len(request.subject)
+            encoded = tok(text, return_offsets_mapping=True, return_tensors="pt")
+            index = next(i for i, (start, end) in enumerate(encoded["offset_mapping"][0].tolist())
+                         if start < subject_end <= end)
+            captured.clear()
+            with torch.no_grad():
+                gpt2_f64(input_ids=encoded["input_ids"])
+            per_text.append(captured[0][index])
+    finally:
+        handle.remove()
+    bare, contexts = per_text[0], torch.stack(per_text[1:])
+    expected = (bare + contexts.mean(0)) / 2
+    assert torch.allclose(keys[1][:, 0], expected, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(keys[1][:, 0], torch.stack(per_text).mean(0), rtol=1e-6, atol=1e-8)
+
+
 @pytest.mark.parametrize("kind", ["byte-level", "sentencepiece-style"])
 def test_subject_index_is_the_subjects_last_token(kind, tok):
     tokenizer = tok if kind == "byte-level" else make_sentencepiece_style_tokenizer()

@@ -112,7 +112,7 @@ def test_save_never_writes_over_a_delta_and_a_failed_save_leaves_nothing(model, 
 
     broken = delta_for(model, seed=1)
     broken.metadata[("not", "a", "json", "key")] = 1
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="metadata cannot be written as JSON"):
         broken.save(tmp_path / "e")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no partial folder, no staging left over
 

@@ -16,6 +16,7 @@ def test_unedited_world_model_prefers_true_facts(default_world):
     records = validate_counterfact_records(default_world.records)[:50]
     per_case, summary = evaluate_dataset(model, tok, records, max_out_len=30)
     assert len(per_case) == 50
-    assert summary["efficacy"] < 50.0 < summary["specificity"]
-    assert summary["efficacy"] < summary["specificity"]
-    assert summary["fluency"] > 0.0
+    # The build guarantees >= 95 % on every prompt set over 1,000 records; 50 of them leave slack.
+    assert summary["efficacy"] <= 10.0 and summary["generalization"] <= 10.0
+    assert summary["specificity"] >= 90.0
+    assert summary["fluency"] > 250.0  # the model writes varied text (377 on 30 tokens here), not loops

@@ -12,7 +12,7 @@ import torch
 
 from collabedit_secure.eval.counterfact import prompt_set_metrics, record_prompts
 from collabedit_secure.eval.datasets import load_counterfact, load_dataset, load_zsre
-from collabedit_secure.eval.fluency import generate_texts
+from collabedit_secure.eval.fluency import _clean_text, generate_texts, ngram_entropy
 from collabedit_secure.eval.nll import target_nll
 from collabedit_secure.eval.report import evaluate_dataset, format_summary_table, write_report
 from collabedit_secure.eval.zsre import next_token_correct, text_probe
@@ -28,15 +28,18 @@ def counterfact_eval(tiny_model, tiny_tok, counterfact):
     return evaluate_dataset(tiny_model, tiny_tok, counterfact, kind="counterfact", max_out_len=24)
 
 
-def test_counterfact_eval_shapes_and_ranges(counterfact_eval, counterfact):
+def test_counterfact_eval_cases_score_and_generations(counterfact_eval, counterfact):
     per_case, summary = counterfact_eval
     assert len(per_case) == len(counterfact) == summary["n_cases"]
     assert [c["case_id"] for c in per_case] == [r["case_id"] for r in counterfact]
-    for key in ("efficacy", "generalization", "specificity", "score"):
-        assert 0.0 <= summary[key] <= 100.0
-    assert min(summary["efficacy"], summary["generalization"], summary["specificity"]) <= summary["score"]
-    assert summary["fluency"] > 0.0
-    assert all(len(c["generated_texts"]) == 10 for c in per_case)
+    rates = [summary[key] for key in ("efficacy", "generalization", "specificity")]
+    assert summary["score"] == pytest.approx(3 / sum(1 / r for r in rates) if min(rates) > 0 else 0.0)
+    for record, case in zip(counterfact, per_case):  # each case holds its own record's generations
+        prompts = record["generation_prompts"]
+        assert len(case["generated_texts"]) == len(prompts) == 10
+        assert all(text.startswith(_clean_text(prompt)) for text, prompt in zip(case["generated_texts"], prompts))
+        assert case["ngram_entropy"] == ngram_entropy(case["generated_texts"])
+    assert summary["fluency"] == pytest.approx(100 * sum(c["ngram_entropy"] for c in per_case) / len(per_case))
 
 
 def test_batched_eval_matches_unbatched_nll(counterfact_eval, counterfact, tiny_model, tiny_tok):

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, P
 
 from collabedit_secure.world import build_world, load_default, open_or_build, tiny_config, verify_bundle
 from collabedit_secure.world.generator import generate_world
+from collabedit_secure.world.train import knowledge
 
 TINY = tiny_config(train_dtype="bfloat16")  # explicit: "auto" would follow the CPU
 
@@ -40,12 +41,12 @@ def test_bundle_contents(tiny):
     assert tiny.records == json.loads((tiny.root / "records.json").read_text())
     world = generate_world(TINY)  # what the bundle must hold, made again from its config
     assert tiny.corpus_texts() == world.corpus and tiny.records == world.records
-    for key in ("rewrite", "paraphrase", "neighborhood"):
-        assert 0.0 <= tiny.knowledge[key] <= 1.0
     last_epoch = tiny.knowledge["history"][-1]
     assert tiny.knowledge["epochs"] == last_epoch["epoch"] and tiny.knowledge["build_s"] > 0
     model, tok = tiny.load_model()
     assert not model.training and next(model.parameters()).dtype == torch.float32
+    checked = tiny.records[: tiny.knowledge["records_checked"]]
+    assert knowledge(model, tok, checked) == {k: tiny.knowledge[k] for k in ("rewrite", "paraphrase", "neighborhood")}
 
 
 def test_bfloat16_training_saves_float32_weights(tiny):
