@@ -83,13 +83,18 @@ def default_hparams(loaded: LoadedModel, path: str | Path | None = None,
     """The given YAML, else the shipped file for the embedded default (per schedule) or the model's family."""
     if path is not None:
         return MemitHparams.from_yaml(path)
-    if loaded.embedded:
-        return MemitHparams.builtin("default-world-parallel" if schedule == "parallel" else "default-world")
-    family = ModelAdapter.from_model(loaded.model).family
-    shipped = {"gpt2": "gpt2-xl", "gptj": "gpt-j-6b", "llama": "llama", "mistral": "llama", "qwen2": "llama"}
-    if family not in shipped:
+    name = shipped_hparams(loaded, schedule)
+    if name is None:
+        family = ModelAdapter.from_model(loaded.model).family
         raise ValueError(f"no shipped hparams for model family {family!r}; pass --hparams FILE")
-    return MemitHparams.builtin(shipped[family])
+    return MemitHparams.builtin(name)
+
+
+def shipped_hparams(loaded: LoadedModel, schedule: str = "sequential") -> str | None:
+    if loaded.embedded:
+        return "default-world-parallel" if schedule == "parallel" else "default-world"
+    family = ModelAdapter.from_model(loaded.model).family
+    return {"gpt2": "gpt2-xl", "gptj": "gpt-j-6b", "llama": "llama", "mistral": "llama", "qwen2": "llama"}.get(family)
 
 
 def check_c0_source(model: str, corpus: str, stats_dir: str | Path | None) -> None:
@@ -173,7 +178,11 @@ def compute_stats(model: str, layers: list[int], corpus: str, out: Path, n_sampl
         raise ValueError(f"--layers lists {repeated} more than once")
     check_c0_source(model, corpus, None)
     loaded = load_model(model)
-    hparams = default_hparams(loaded, hparams_path)
+    if hparams_path is None and shipped_hparams(loaded) is None:
+        # Statistics read only the mom2_* settings and the module names: the family's and MEMIT's defaults.
+        hparams = MemitHparams(layers=[0], v_loss_layer=0)
+    else:
+        hparams = default_hparams(loaded, hparams_path)
     adapter = ModelAdapter.from_model(loaded.model, hparams)
     bad = [layer for layer in layers if not 0 <= layer < adapter.n_layer]
     if bad:

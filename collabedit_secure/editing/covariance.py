@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..kernels import covariance_accumulate
-from .fingerprint import weights_digest
+from .fingerprint import config_digest, tokenizer_digest, weights_digest
 from .hooks import run_until_stop, trace
 from .tokens import context_limit
 
@@ -84,6 +84,8 @@ def export_memit_stats(stat: SecondMoment, path: str | Path, dtype=np.float32,
 
 def import_memit_stats(path: str | Path) -> SecondMoment:
     """Read MEMIT's `*_mom2_*.npz` (keys `mom2.mom2`, `mom2.count`; bare `mom2`, `count` also accepted)."""
+    if Path(path).is_file() and not zipfile.is_zipfile(path):  # numpy would call it "pickled data"
+        raise CorruptStatsError(f"{path}: not an npz file (npz files are zip archives)")
     try:
         with np.load(path, allow_pickle=False) as data:
             prefix = "mom2." if "mom2.mom2" in data else ""
@@ -96,6 +98,12 @@ def import_memit_stats(path: str | Path) -> SecondMoment:
         raise CorruptStatsError(f"{path}: count must be one positive number, got {count.tolist()}")
     if not np.isfinite(mom2).all():  # fail here, not after every target has been optimised
         raise CorruptStatsError(f"{path}: mom2 has NaN or Inf entries")
+    # A sum of k kᵀ is symmetric up to float32 round-off; the solve reads one triangle only, so a
+    # damaged or foreign matrix would otherwise pass unseen.
+    asymmetry = float(np.abs(mom2 - mom2.T).max()) / max(float(np.abs(mom2).max()), np.finfo(np.float64).tiny)
+    if asymmetry > 1e-4:
+        raise CorruptStatsError(f"{path}: mom2 is not symmetric (max |A - Aᵀ| is {asymmetry:.1e} of max |A|), "
+                                "so it is not a sum of k kᵀ")
     return SecondMoment(torch.from_numpy(mom2.astype(np.float64)), int(count))
 
 
@@ -150,19 +158,25 @@ class StatsCache:
         os.replace(tmp, self.sidecar)
         self.partial.unlink(missing_ok=True)
 
-    def checkpoint(self, acc: torch.Tensor, count: int, position: int) -> None:
-        _atomic_savez(self.partial, mom2=acc.numpy(), count=np.array(count), position=np.array(position))
+    def checkpoint(self, acc: torch.Tensor, count: int, position: int, batch_size: int) -> None:
+        _atomic_savez(self.partial, mom2=acc.numpy(), count=np.array(count), position=np.array(position),
+                      batch_size=np.array(batch_size))
 
-    def resume(self, d: int) -> tuple[torch.Tensor, int, int] | None:
+    def resume(self, d: int, batch_size: int) -> tuple[torch.Tensor, int, int] | None:
+        """The partial sum to continue from, if one was left with the same width and batch size (a
+        different batch size sums in another order: the result would differ from a fresh run's bits)."""
         if not self.partial.exists():
             return None
         try:
             with np.load(self.partial, allow_pickle=False) as data:
                 acc, count, position = data["mom2"], int(data["count"]), int(data["position"])
+                left_by = int(data["batch_size"]) if "batch_size" in data else None
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             log.warning("ignoring unreadable partial statistics %s (%s)", self.partial, err)
             return None
-        if acc.shape != (d, d):
+        if acc.shape != (d, d) or left_by != batch_size:
+            log.warning("restarting %s from the first document: the interrupted run used batch size %s, "
+                        "this one %d", self.partial.name, left_by, batch_size)
             return None
         return torch.from_numpy(acc.astype(np.float64)), count, position
 
@@ -218,8 +232,9 @@ def layer_stats(model, tok, layer_name: str, texts: list[str], *, n_samples: int
     if not texts:
         raise ValueError("covariance corpus is empty")
     max_length = _max_length(model, max_length)
-    info = {"layer": layer_name, "model": weights_digest(model), "corpus": corpus_digest(texts),
-            "n_samples": len(texts), "max_length": max_length}
+    info = {"layer": layer_name, "model": weights_digest(model), "config": config_digest(model),
+            "tokenizer": tokenizer_digest(tok), "corpus": corpus_digest(texts), "n_samples": len(texts),
+            "max_length": max_length}
     key = hashlib.blake2b(json.dumps(info, sort_keys=True).encode(), digest_size=16).hexdigest()
     directory = cache_root(cache_dir) / "stats"
     directory.mkdir(parents=True, exist_ok=True)
@@ -232,14 +247,14 @@ def layer_stats(model, tok, layer_name: str, texts: list[str], *, n_samples: int
     model.eval()
     d = model.get_submodule(layer_name).weight.shape  # Linear (out, in) or Conv1D (in, out)
     d_in = d[0] if type(model.get_submodule(layer_name)).__name__ == "Conv1D" else d[1]
-    acc, count, position = cache.resume(d_in) or (torch.zeros(d_in, d_in, dtype=torch.float64), 0, 0)
+    acc, count, position = cache.resume(d_in, batch_size) or (torch.zeros(d_in, d_in, dtype=torch.float64), 0, 0)
     batches = range(position, len(texts), batch_size)
     try:
         for number, start in enumerate(tqdm(batches, desc=f"C0 {layer_name}", disable=not progress), 1):
             count += _accumulate_batch(model, tok, layer_name, texts[start:start + batch_size], max_length, acc)
             position = min(start + batch_size, len(texts))
             if number % checkpoint_every == 0:
-                cache.checkpoint(acc, count, position)
+                cache.checkpoint(acc, count, position, batch_size)
             if on_batch is not None:
                 on_batch(position)
     finally:

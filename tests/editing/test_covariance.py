@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+import json
+
 import numpy as np
 import pytest
 import torch
+import transformers
+from tokenizers import processors
 
 from collabedit_secure.editing import SecondMoment, export_memit_stats, import_memit_stats, layer_stats
 from collabedit_secure.editing.covariance import CorruptStatsError
 
-from .conftest import corpus, tiny_model
+from .conftest import corpus, make_tokenizer, tiny_model
 
 LAYER = "transformer.h.1.mlp.c_proj"
 
@@ -62,6 +67,44 @@ def test_resume_after_interruption_equals_uninterrupted(gpt2_f64, tok, tmp_path)
     assert resumed.count == whole.count and torch.equal(resumed.mom2, whole.mom2)
 
 
+def test_resume_with_another_batch_size_starts_over(gpt2_f64, tok, tmp_path, caplog):
+    def stop_at_third(position):
+        if position >= 24:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        stats(gpt2_f64, tok, tmp_path, checkpoint_every=2, on_batch=stop_at_third)
+    positions = []
+    with caplog.at_level("WARNING", logger="collabedit_secure.editing.covariance"):
+        again = layer_stats(gpt2_f64, tok, LAYER, corpus()[:40], batch_size=5, cache_dir=tmp_path, progress=False,
+                            on_batch=positions.append)
+    assert positions[0] == 5 and "interrupted run used batch size 8, this one 5" in caplog.text
+    fresh = layer_stats(gpt2_f64, tok, LAYER, corpus()[:40], batch_size=5, cache_dir=tmp_path / "fresh",
+                        progress=False)
+    assert again.count == fresh.count and torch.equal(again.mom2, fresh.mom2)
+
+
+def test_cache_key_follows_the_config_and_the_tokenizer(tok, tmp_path):
+    """Same weights, another activation or another tokenizer: other activations, so another C0."""
+    model = tiny_model("gpt2", tok, torch.float64)
+    base = stats(model, tok, tmp_path)
+    config = copy.deepcopy(model.config)
+    config.activation_function = "relu"
+    relu_model = transformers.GPT2LMHeadModel(config).to(torch.float64).eval()
+    relu_model.load_state_dict(model.state_dict())
+    relu = stats(relu_model, tok, tmp_path)
+    assert len(list((tmp_path / "stats").glob("*.npz"))) == 2 and not torch.allclose(relu.mom2, base.mom2)
+    bos = make_tokenizer()
+    bos.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", bos.eos_token_id)])
+    with_bos = stats(model, bos, tmp_path)
+    assert with_bos.count == base.count + len([t for t in corpus()[:40] if t.strip()])
+    model.config.use_cache = not model.config.use_cache  # bookkeeping: no new statistic
+    tok("a b", padding="max_length", max_length=8, truncation=True)  # leaves padding state in the backend
+    assert torch.equal(stats(model, tok, tmp_path, on_batch=pytest.fail).mom2, base.mom2)
+    assert len(list((tmp_path / "stats").glob("*.npz"))) == 3
+
+
 def test_truncated_checkpoint_is_ignored(gpt2_f64, tok, tmp_path):
     def stop_at_third(position):
         if position >= 24:
@@ -93,6 +136,9 @@ def test_memit_npz_round_trip(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(CorruptStatsError, match="junk.npz"):
         import_memit_stats(tmp_path / "junk.npz")
+    (tmp_path / "text.npz").write_text("mom2 = [[1, 0], [0, 1]]\n")
+    with pytest.raises(CorruptStatsError, match="text.npz: not an npz file"):
+        import_memit_stats(tmp_path / "text.npz")
     (tmp_path / "cut.npz").write_bytes(path.read_bytes()[:200])  # a download cut short: zip magic, no directory
     with pytest.raises(CorruptStatsError, match="cut.npz"):
         import_memit_stats(tmp_path / "cut.npz")
@@ -104,6 +150,7 @@ def test_memit_npz_round_trip(tmp_path):
     (np.diag([1.0, np.inf, 1.0]), 3, "NaN or Inf"),
     (np.eye(3), 0, r"count must be one positive number, got 0"),
     (np.eye(3), [3, 4], r"count must be one positive number, got \[3, 4\]"),
+    (np.eye(3) + np.diag([0.01, 0.01], 1), 3, r"not symmetric \(max \|A - Aᵀ\| is 1.0e-02 of max \|A\|\)"),
 ])
 def test_imported_stats_are_checked_on_arrival(tmp_path, mom2, count, message):
     np.savez(tmp_path / "bad.npz", mom2=mom2, count=np.array(count))
@@ -112,8 +159,9 @@ def test_imported_stats_are_checked_on_arrival(tmp_path, mom2, count, message):
 
 
 def test_stats_command_names_its_file_by_the_documents_used(tok, tmp_path, monkeypatch, capsys):
-    """`collabedit stats` on a local GPT-NeoX directory, a family with no shipped hparams: it asks for
-    --hparams, then takes mom2_n_samples from them and says in the file name how many documents it used."""
+    """`collabedit stats` on a local GPT-NeoX directory, a family with no shipped hparams: statistics
+    need none (MEMIT's defaults: every document), editing does; mom2_n_samples from --hparams counts,
+    and the file name says how many documents were used."""
     from collabedit_secure.cli import main
 
     monkeypatch.setenv("COLLABEDIT_CACHE", str(tmp_path / "cache"))
@@ -125,14 +173,18 @@ def test_stats_command_names_its_file_by_the_documents_used(tok, tmp_path, monke
     hparams = tmp_path / "neox.yaml"
     hparams.write_text("layers: [1]\nv_loss_layer: 3\nrewrite_module_tmp: gpt_neox.layers.{}.mlp.dense_4h_to_h\n"
                        "mom2_n_samples: 15\nmom2_batch_size: 4\n")
-    out = tmp_path / "out"
-    argv = ["stats", "--model", str(tmp_path / "neox"), "--layers", "1", "--corpus", str(documents), "--out", str(out)]
+    argv = ["stats", "--model", str(tmp_path / "neox"), "--layers", "1", "--corpus", str(documents), "--out"]
 
-    assert main(argv) == 2
+    assert main([*argv, str(tmp_path / "all")]) == 0
+    assert [f.name for f in (tmp_path / "all").glob("*.npz")] == ["gpt_neox.layers.1.mlp.dense_4h_to_h_float32_mom2_20.npz"]
+    requests = tmp_path / "requests.json"
+    requests.write_text(json.dumps([{"prompt": "The mother tongue of {} is", "subject": "Lyon", "target_new": "English"}]))
+    assert main(["edit", "--model", str(tmp_path / "neox"), "--requests", str(requests), "--stats",
+                 str(tmp_path / "all"), "--out", str(tmp_path / "edited")]) == 2
     assert "no shipped hparams for model family 'gpt_neox'; pass --hparams FILE" in capsys.readouterr().err
-    assert not out.exists()
 
-    assert main([*argv, "--hparams", str(hparams)]) == 0
+    out = tmp_path / "out"
+    assert main([*argv, str(out), "--hparams", str(hparams)]) == 0
     (written,) = out.glob("*.npz")
     assert written.name == "gpt_neox.layers.1.mlp.dense_4h_to_h_float32_mom2_15.npz"
     direct = layer_stats(model, tok, "gpt_neox.layers.1.mlp.dense_4h_to_h", corpus()[:15], batch_size=4,
