@@ -307,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, OSError, ValueError) as err:  # e.g. a read-only cache: the message names the path
         print(f"collabedit: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # not a crash: no traceback
+        print(f"collabedit {args.command}: interrupted (C0 statistics checkpointed so far resume on the next run)",
+              file=sys.stderr)
+        return 130
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class LoadedModel:
     records: list[dict] | None = None  # the embedded world's edit cases
     stored_dtype: torch.dtype = torch.float32  # what the checkpoint holds (it is edited in float32)
     embedded: bool = False  # the embedded default world model
+    tok_as_stored: object = None  # the tokenizer before MEMIT's padding convention: what an edit saves
 
 
 def load_model(spec: str, device: str = "cpu") -> LoadedModel:
@@ -59,12 +61,13 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
             f"(this machine cannot download weights) ({err})"
         ) from None
     check_tokenizer(tok, f"the tokenizer of {spec!r}")
+    as_stored = copy.deepcopy(tok)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token  # MEMIT's convention: pad with EOS, right padding
     tok.padding_side = "right"
     stored = stored if isinstance(stored, torch.dtype) and stored.is_floating_point else torch.float32
     name = str(Path(spec).resolve()) if local_only else spec  # results name the model wherever they are read
-    return LoadedModel(model.to(device).eval(), tok, name, stored_dtype=stored)
+    return LoadedModel(model.to(device).eval(), tok, name, stored_dtype=stored, tok_as_stored=as_stored)
 
 
 def check_model_path(spec: str) -> None:
@@ -259,7 +262,7 @@ def run_edit(model: str, requests_path: Path, schedule: str, out: Path, hparams_
     # Saved as the base was stored (a bfloat16 checkpoint stays bfloat16); the delta itself applies
     # to the base loaded in float32, as it was computed.
     loaded.model.to(loaded.stored_dtype).save_pretrained(out)
-    loaded.tok.save_pretrained(out)
+    (loaded.tok_as_stored or loaded.tok).save_pretrained(out)  # the base's padding settings, not MEMIT's
     result.delta.save(out / "delta")
     meta = {key: result.delta.metadata.get(key) for key in
             ("schedule", "hparams", "context_templates", "request_ids", "stats_files", "model_fingerprint")}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import pytest
 import torch
 
 from collabedit_secure.cli import main
+from collabedit_secure.eval.report import evaluate_dataset
+from collabedit_secure.pipeline import covariances, default_hparams, load_model
 
 pytestmark = pytest.mark.slow
 
@@ -165,6 +168,16 @@ def test_a_local_model_directory_through_stats_edit_and_simulate(default_world, 
     stats = tmp_path / "stats"
     assert main(["stats", *common, "--layers", "0", "1", "2", "--corpus", str(corpus), "--out", str(stats)]) == 0
     assert len(list(stats.glob("*_mom2_96.npz"))) == 3
+    # The files hold MEMIT's raw sum and count; importing them gives the C0 computing it gives.
+    loaded = load_model(model)
+    hp = default_hparams(loaded, hparams)
+    imported, _ = covariances(loaded, hp, stats_dir=stats)
+    computed, _ = covariances(loaded, hp, corpus=str(corpus), n_samples=96, progress=False)
+    for name, c0 in imported.items():
+        with np.load(stats / f"{name}_float32_mom2_96.npz") as npz:
+            raw_sum, count = npz["mom2.mom2"], int(npz["mom2.count"])
+        torch.testing.assert_close(c0, torch.from_numpy(raw_sum).double() / count, rtol=1e-12, atol=0)
+        torch.testing.assert_close(c0, computed[name], rtol=1e-6, atol=1e-9)
     requests = tmp_path / "requests.json"
     requests.write_text(json.dumps(default_world.records[:2]))
     edited = tmp_path / "edited"
@@ -303,8 +316,10 @@ def test_stats_exports_memit_layout(default_world, tmp_path):
         assert int(raw["sample_size"]) == 64
 
 
-def test_a_bfloat16_checkpoint_is_written_back_in_bfloat16(tmp_path):
-    from transformers import AutoModelForCausalLM
+def test_an_edited_checkpoint_keeps_its_dtype_and_its_tokenizer(tmp_path):
+    """A bfloat16 checkpoint is written back in bfloat16, and its tokenizer as it was stored (the
+    edit pads with EOS on the right, as MEMIT does, but must not save that into the model)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from collabedit_secure.editing.delta import DeltaMismatchError, EditDelta
     from tests.editing.conftest import corpus, make_tokenizer, tiny_model
@@ -312,7 +327,10 @@ def test_a_bfloat16_checkpoint_is_written_back_in_bfloat16(tmp_path):
     tok = make_tokenizer()
     base = tmp_path / "base"
     tiny_model("llama", tok).to(torch.bfloat16).save_pretrained(base)
+    tok.pad_token = None
     tok.save_pretrained(base)
+    settings = json.loads((base / "tokenizer_config.json").read_text())
+    (base / "tokenizer_config.json").write_text(json.dumps({**settings, "padding_side": "left"}))
     (tmp_path / "corpus.txt").write_text("\n".join(corpus()))
     (tmp_path / "hparams.yaml").write_text("base: llama\nlayers: [1, 2]\nv_loss_layer: 3\nv_num_grad_steps: 2\n"
                                            "mom2_update_weight: 50\ncontext_template_length_params: [[4, 5]]\n")
@@ -324,6 +342,9 @@ def test_a_bfloat16_checkpoint_is_written_back_in_bfloat16(tmp_path):
     assert json.loads((out / "edit_meta.json").read_text())["saved_dtype"] == "bfloat16"
     edited = AutoModelForCausalLM.from_pretrained(out)
     assert {p.dtype for p in edited.parameters()} == {torch.bfloat16}
+    saved = AutoTokenizer.from_pretrained(out)
+    assert saved.pad_token is None and saved.padding_side == "left"
+    assert saved("The mother tongue of Lyon").input_ids == tok("The mother tongue of Lyon").input_ids
     delta = EditDelta.load(out / "delta")
     with pytest.raises(DeltaMismatchError, match=r"computed on float32 weights and the model holds bfloat16"):
         delta.apply(AutoModelForCausalLM.from_pretrained(base))
@@ -400,10 +421,42 @@ def test_world_build_out_reuses_a_build_and_refuses_other_directories(default_wo
 
 
 def test_console_script_runs(default_world):
-    done = subprocess.run([sys.executable, "-m", "collabedit_secure.cli", "world", "build"],
-                          capture_output=True, text=True, timeout=300)
+    console_script = Path(sys.executable).parent / "collabedit"  # what `pip install` put beside python
+    done = subprocess.run([str(console_script), "world", "build"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert str(default_world.model_dir) in done.stdout
+
+
+def test_interrupted_stats_exit_quietly_and_resume(tmp_path):
+    """Ctrl-C (a real SIGINT) while C0 is computed: exit 130 with one line, no traceback; the rerun
+    continues from the checkpoint and writes the file."""
+    import signal
+    import time
+
+    from tests.editing.conftest import corpus, make_tokenizer, tiny_model
+
+    tok = make_tokenizer()
+    base = tmp_path / "gpt2"
+    tiny_model("gpt2", tok).save_pretrained(base)
+    tok.save_pretrained(base)
+    (tmp_path / "corpus.txt").write_text("\n".join(corpus() * 100))  # 400 batches; the first checkpoint at 20
+    command = [str(Path(sys.executable).parent / "collabedit"), "stats", "--model", str(base), "--layers", "1",
+               "--corpus", str(tmp_path / "corpus.txt"), "--out", str(tmp_path / "out")]
+    env = {**os.environ, "COLLABEDIT_CACHE": str(tmp_path / "cache")}
+    running = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "cache" / "stats").glob("*.partial.npz")):
+        assert running.poll() is None and time.monotonic() < deadline, "finished before its first checkpoint"
+        time.sleep(0.02)
+    running.send_signal(signal.SIGINT)
+    _, err = running.communicate(timeout=60)
+    assert running.returncode == 130 and "Traceback" not in err
+    assert "collabedit stats: interrupted (C0 statistics checkpointed so far resume on the next run)" in err
+    assert not (tmp_path / "out").exists()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "out").glob("*.npz"))) == 1
+    assert not list((tmp_path / "cache" / "stats").glob("*.partial.npz"))
 
 
 def test_version_is_the_installed_distribution_s(capsys):
@@ -619,5 +672,7 @@ def test_simulate_reports_cases_without_paraphrases_or_neighbours(default_world,
     assert main(["simulate", "--dataset", str(dataset), "--parties", "1", "--edits-per-party", "1",
                  "--methods", "none", "--no-fluency", "--json", str(out)]) == 0
     unedited = json.loads(out.read_text())["methods"]["none"]
-    assert unedited["generalization"] is None and unedited["specificity"] is None
-    assert unedited["efficacy"] in (0.0, 100.0)
+    assert unedited["generalization"] is None and unedited["specificity"] is None and unedited["score"] is None
+    model, tok = default_world.load_model()
+    _, expected = evaluate_dataset(model, tok, [record], fluency=False)
+    assert unedited["efficacy"] == expected["efficacy"]
