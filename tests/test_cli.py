@@ -459,6 +459,25 @@ def test_interrupted_stats_exit_quietly_and_resume(tmp_path):
     assert not list((tmp_path / "cache" / "stats").glob("*.partial.npz"))
 
 
+def test_a_terminated_world_build_leaves_nothing_behind(tmp_path):
+    """SIGTERM (kill's default) unwinds the installed command like Ctrl-C: the temporary build folder
+    goes, and no half-built world is left at --out."""
+    import signal
+    import time
+
+    running = subprocess.Popen([str(Path(sys.executable).parent / "collabedit"), "world", "build", "--out",
+                                str(tmp_path / "w")], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".w.building-*")):
+        assert running.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(1.0)  # into the build
+    running.send_signal(signal.SIGTERM)
+    _, err = running.communicate(timeout=120)
+    assert running.returncode == 128 + signal.SIGTERM and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".w.lock"]
+
+
 def test_version_is_the_installed_distribution_s(capsys):
     from importlib.metadata import version
 

@@ -181,7 +181,12 @@ def open_or_build(out_dir, config: WorldConfig | None = None, progress: bool = T
     if out_dir.is_dir() and not any(out_dir.iterdir()):
         out_dir.rmdir()  # an empty directory made for the build
     if not out_dir.exists():
-        return build_world(out_dir, config, progress=progress)
+        # Locked, as load_default's cache: a second builder waits and reuses the build, and under
+        # the lock the folders of killed builders can go.
+        with _locked(out_dir.parent / f".{out_dir.name}.lock"):
+            _remove_stale_builds(out_dir)
+            if not out_dir.exists():
+                return build_world(out_dir, config, progress=progress)
     if not out_dir.is_dir():
         raise FileExistsError(f"{out_dir} is a file; give a directory for the world (new, empty, or a "
                               "build of it)")

@@ -87,8 +87,10 @@ def test_open_or_build_reuses_a_valid_build(tiny):
 
 def test_open_or_build_builds_into_an_empty_directory(tmp_path):
     (tmp_path / "w").mkdir()
+    (tmp_path / ".w.building-killed" / "model").mkdir(parents=True)  # a builder killed with SIGKILL
     bundle = open_or_build(tmp_path / "w", TINY, progress=False)
     assert bundle.built_now and verify_bundle(tmp_path / "w", TINY) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".w.lock", "w"]
 
 
 def test_open_or_build_leaves_other_content_alone(tmp_path):
