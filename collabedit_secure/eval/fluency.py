@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from nltk.tokenize import NLTKWordTokenizer
 
-from collabedit_secure.eval.nll import check_fits, context_limit, quoted
+from collabedit_secure.eval.nll import check_finite, check_fits, context_limit, quoted
 
 _WORDS = NLTKWordTokenizer()
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -85,7 +85,9 @@ def _sample_batch(model, tok, batch_ids, max_out_len, top_k, generator) -> list[
             **extra,
         )
         past = getattr(out, cache_arg)
-        next_token = _top_k_sample(out.logits[:, -1, :].float().cpu(), top_k, generator)
+        next_logits = out.logits[:, -1, :].float().cpu()
+        check_finite(next_logits, lambda row: tok.decode(batch_ids[row]))  # multinomial would fail unnamed
+        next_token = _top_k_sample(next_logits, top_k, generator)
         sampled.append(next_token)
         step_input = next_token.unsqueeze(1)
         # A row with a long prompt runs on after its own max_out_len while shorter rows catch up; its

@@ -16,6 +16,20 @@ class PromptTooLongError(DatasetFormatError):
     """A prompt (with its target) has more tokens than the model has positions."""
 
 
+class NonFiniteModelError(ValueError):
+    """The model computes NaN or Inf: every comparison with it is False, so its metrics would read as
+    a model that fails every prompt rather than a broken one."""
+
+
+def check_finite(rows: torch.Tensor, prompt_of) -> None:
+    """Every row of the model's output finite, else an error naming `prompt_of(row)`'s prompt."""
+    finite = torch.isfinite(rows.reshape(len(rows), -1)).all(dim=1)
+    if not bool(finite.all()):
+        prompt = prompt_of(int((~finite).nonzero()[0]))
+        raise NonFiniteModelError(f"the model's output is NaN or Inf on prompt {quoted(prompt)}: its weights are "
+                                  "broken (a diverged edit?); no metric is computed for it")
+
+
 def check_fits(length: int, limit: int | None, what: str) -> None:
     # Past its context a learned-position model indexes off its embedding table: say so, never truncate.
     if limit is not None and length > limit:
@@ -53,5 +67,6 @@ def target_nll(model, tok, prefixes: list[str], targets: list[str], batch_size: 
         for row, (p, t) in enumerate(zip(prefix_ids, target_ids)):
             positions = torch.arange(len(p) - 1, len(p) + len(t) - 1)
             token_logp = logp[row, positions, torch.tensor(t)]
+            check_finite(token_logp[None], lambda _: prefixes[start + row])
             out[start + row] = -token_logp.double().mean()
     return out

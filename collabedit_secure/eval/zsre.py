@@ -22,7 +22,7 @@ import torch
 from collabedit_secure.editing.tokens import continuation_ids
 from collabedit_secure.eval.counterfact import summarize_metrics
 from collabedit_secure.eval.datasets import validate_counterfact_records
-from collabedit_secure.eval.nll import check_fits, context_limit, quoted
+from collabedit_secure.eval.nll import check_finite, check_fits, context_limit, quoted
 
 ACC_KEYS = ("rewrite_acc", "paraphrase_acc", "neighborhood_acc")
 PAPER_NAMES = {"rewrite_acc": "efficacy", "paraphrase_acc": "generalization", "neighborhood_acc": "specificity"}
@@ -78,7 +78,9 @@ def next_token_correct(model, tok, probes: list[Probe], batch_size: int = 64) ->
             attention[row, : len(probe.prefix)] = 1
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
         last = torch.tensor([len(p.prefix) - 1 for p in chunk], device=logits.device)
-        predicted = logits[torch.arange(len(chunk), device=logits.device), last].argmax(-1).tolist()
+        next_logits = logits[torch.arange(len(chunk), device=logits.device), last]
+        check_finite(next_logits, lambda row: chunk[row].prompt)  # argmax of NaN names a token all the same
+        predicted = next_logits.argmax(-1).tolist()
         correct.update({(p.prefix, p.expected): got == p.expected for p, got in zip(chunk, predicted)})
     return [correct[(p.prefix, p.expected)] for p in probes]
 

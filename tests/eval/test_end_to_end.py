@@ -211,8 +211,8 @@ def test_conflict_probe_matches_direct_probabilities(shared_data, tiny_model, ti
     assert 0.0 <= summary["generalization"] <= 100.0  # probes double as paraphrase prompts
 
 
-def test_eval_prints_strict_json_for_a_model_that_gives_nan(shared_data, tiny_model, tiny_tok, tmp_path, capsys):
-    """A broken model's NaN metrics print as null: the summary on stdout is what any JSON reader parses."""
+def test_eval_of_a_model_that_gives_nan_fails_and_writes_no_report(shared_data, tiny_model, tiny_tok, tmp_path,
+                                                                   capsys):
     import copy
 
     from collabedit_secure.cli import main
@@ -224,6 +224,25 @@ def test_eval_prints_strict_json_for_a_model_that_gives_nan(shared_data, tiny_mo
     tiny_tok.save_pretrained(tmp_path / "broken")
     dataset = shared_data / "counterfact" / "multi_counterfact-30.json"
     assert main(["eval", "--model", str(tmp_path / "broken"), "--dataset", str(dataset), "--no-fluency",
-                 "--json", str(tmp_path / "report.json")]) == 0
-    printed = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} printed"))
-    assert printed["rewrite_diff"] is None
+                 "--json", str(tmp_path / "report.json")]) == 2
+    captured = capsys.readouterr()
+    assert "collabedit: error: the model's output is NaN or Inf on prompt" in captured.err
+    assert captured.out == "" and not (tmp_path / "report.json").exists()
+
+
+@pytest.mark.parametrize("kind, fluency", [("counterfact", False), ("counterfact", True), ("zsre", False)])
+def test_a_model_that_computes_nan_is_named_not_scored(kind, fluency, shared_data, tiny_model, tiny_tok):
+    """NaN compares False with everything: scored, a broken model would read as one that fails every prompt."""
+    import copy
+
+    from collabedit_secure.eval.nll import NonFiniteModelError
+
+    broken = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        broken.transformer.h[1].mlp.c_proj.weight[0, 0] = float("nan")
+    if kind == "zsre":
+        records = load_zsre(shared_data / "zsre" / "zsre_mend_eval-6.json", tiny_tok)
+    else:
+        records = load_counterfact(shared_data / "counterfact" / "multi_counterfact-30.json")[:3]
+    with pytest.raises(NonFiniteModelError, match=r"the model's output is NaN or Inf on prompt '.+': its weights"):
+        evaluate_dataset(broken, tiny_tok, records, kind=kind, fluency=fluency, max_out_len=24)
