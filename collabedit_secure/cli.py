@@ -186,7 +186,7 @@ def _eval(args: argparse.Namespace) -> None:
     round_prompts = Path(args.round_prompts) if args.round_prompts else None
     summary = run_eval(args.model, Path(args.dataset), Path(args.json), fluency=not args.no_fluency,
                        round_prompts=round_prompts, max_out_len=args.fluency_tokens)
-    print(json.dumps(json_safe(summary), indent=2, allow_nan=False))  # NaN (a broken model) prints as null
+    print(json.dumps(json_safe(summary), indent=2, allow_nan=False))  # NaN (e.g. a std of nothing) prints as null
 
 
 def _bench_kernels(args: argparse.Namespace) -> None:

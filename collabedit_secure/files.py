@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping
@@ -13,7 +14,13 @@ def json_safe(value, fallback: Callable | None = None):
     """Tensors, numpy scalars and tuples to plain JSON values; NaN and inf to None (which any JSON
     reader parses, unlike the NaN that json.dumps writes). Other objects go to `fallback`, or raise."""
     if isinstance(value, Mapping):
-        return {str(k): json_safe(v, fallback) for k, v in value.items()}
+        converted = {}
+        for key, item in value.items():
+            name = _json_key(key)
+            if name in converted:  # {1: a, "1": b} would silently keep only b
+                raise ValueError(f"two keys, one of them {key!r}, both write as the JSON key {name!r}")
+            converted[name] = json_safe(item, fallback)
+        return converted
     if isinstance(value, (list, tuple)):
         return [json_safe(v, fallback) for v in value]
     if hasattr(value, "tolist"):  # torch tensors and numpy arrays / scalars
@@ -27,6 +34,15 @@ def json_safe(value, fallback: Callable | None = None):
     if fallback is not None:
         return fallback(value)
     raise TypeError(f"cannot write a {type(value).__name__} as JSON")
+
+
+def _json_key(key) -> str:
+    """A key as json.dumps spells it (True -> "true", None -> "null"); other objects by str()."""
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, (bool, int, float)):
+        return json.dumps(key)
+    return str(key)
 
 
 def current_umask() -> int:

@@ -208,7 +208,7 @@ def compute_stats(model: str, layers: list[int], corpus: str, out: Path, n_sampl
 
 def _plain_requests(path: Path) -> list | None:
     """A JSON list of plain requests (`prompt`, `subject`, targets) as EditRequests, else None."""
-    from .editing.requests import EditRequest, RequestError
+    from .editing.requests import EditRequest, RequestError, check_unique_ids
     from .eval.datasets import read_json_list
 
     data = read_json_list(path)
@@ -218,8 +218,10 @@ def _plain_requests(path: Path) -> list | None:
         if not isinstance(item, dict):
             raise RequestError(f"{path}: edit request {index}: expected a JSON object, got {type(item).__name__}")
     try:
-        return [EditRequest.from_record({"case_id": r.get("case_id", i), "requested_rewrite": r})
-                for i, r in enumerate(data)]
+        requests = [EditRequest.from_record({"case_id": r.get("case_id", i), "requested_rewrite": r})
+                    for i, r in enumerate(data)]
+        check_unique_ids(requests)  # before any model loads
+        return requests
     except RequestError as err:  # name the file, as the dataset loaders do
         raise RequestError(f"{path}: {err}") from None
 

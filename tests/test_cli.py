@@ -628,6 +628,15 @@ def test_a_plain_request_list_names_an_item_that_is_not_an_object(tmp_path, caps
     assert f"{requests}: edit request 1: expected a JSON object, got str" in capsys.readouterr().err
 
 
+def test_a_plain_request_list_names_ids_that_read_alike(tmp_path, capsys, monkeypatch):
+    forbid_work(monkeypatch)
+    requests = tmp_path / "requests.json"
+    item = {"prompt": "{} is a", "subject": "Zed", "target_new": "b"}
+    requests.write_text(json.dumps([{**item, "case_id": "1"}, {**item, "subject": "Ann"}]))  # the 2nd is id 1
+    assert main(["edit", "--model", "default", "--requests", str(requests), "--out", str(tmp_path / "o")]) == 2
+    assert f"{requests}: edit requests '1' and 1 share the id '1'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", ["edit", "stats", "simulate"])
 @pytest.mark.parametrize("text, message", [
     ("base: default-world\nlayers: [1\n", "not valid YAML at line 3, column 1"),

@@ -27,7 +27,7 @@ from .context import check_templates, generate_context_templates
 from .delta import EditDelta, creation_info
 from .hparams import MemitHparams
 from .keys import compute_keys
-from .requests import EditRequest, shared_keys
+from .requests import EditRequest, check_unique_ids, shared_keys
 from .targets import TargetCache, check_prompts_fit, compute_targets
 from .tokens import check_tokenizer, context_limit
 
@@ -108,6 +108,7 @@ def _check_parties(parties) -> None:
         for request in party:
             if not isinstance(request, EditRequest):
                 raise TypeError(f"party {index}: expected EditRequest, got {type(request).__name__}")
+    check_unique_ids([request for party in parties for request in party])
 
 
 def _by_module(matrices: dict | None, adapter: ModelAdapter, layers: list[int], what: str,

@@ -90,6 +90,18 @@ def requests_from_records(records) -> list[EditRequest]:
     return [EditRequest.from_record(record) for record in records]
 
 
+def check_unique_ids(requests: list[EditRequest]) -> None:
+    """Ids name the edits in a delta's metadata and reports, where they are written as strings: two
+    requests whose ids read alike (1 and "1") would be indistinguishable there."""
+    seen: dict[str, object] = {}
+    for request in requests:
+        name = str(request.case_id)
+        if name in seen:
+            raise RequestError(f"edit requests {seen[name]!r} and {request.case_id!r} share the id {name!r}; "
+                               "give every request its own case_id")
+        seen[name] = request.case_id
+
+
 def shared_keys(requests: list[EditRequest]) -> list[str]:
     """Warnings for requests that MEMIT gives the same key: the key is read at the subject's last
     token, so it depends only on the prompt up to the subject. Two such requests ask one key for two

@@ -66,6 +66,11 @@ def test_edit_refuses_nothing_to_do(tok):
         edit(model, tok, [], tiny_hparams(), {})
     with pytest.raises(ValueError, match="party 1 has no edit requests"):
         edit(model, tok, [tiny_requests(1), []], tiny_hparams(), {})
+    first, second = tiny_requests(2)
+    twin = EditRequest(0, second.prompt, second.subject, second.target_new)  # "case0" vs 0 are fine...
+    other = EditRequest("0", second.prompt, second.subject, second.target_new)  # ...0 vs "0" are not
+    with pytest.raises(RequestError, match="edit requests 0 and '0' share the id '0'"):
+        edit(model, tok, [[first, twin], [other]], tiny_hparams(), {})
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
