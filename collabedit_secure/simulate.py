@@ -32,7 +32,8 @@ from .merging.collabedit import update_dynamic_covariance
 from .editing.requests import EditRequest
 from .editing.targets import TargetCache
 from .eval.context_window import check_context
-from .eval.report import evaluate_dataset, format_summary_table, format_value
+from .eval.counterfact import summarize_counterfact
+from .eval.report import coverage_notes, evaluate_dataset, format_summary_table, format_value
 from .files import json_safe
 from .merging.baselines import simple_average, task_arithmetic, ties_merge
 from .pipeline import DEFAULT_MODEL, check_c0_source, covariances, default_hparams, load_model
@@ -202,13 +203,17 @@ def run_simulation(config: SimulationConfig, json_out: Path | None = None) -> di
     print(f"{config.parties} parties x {config.edits_per_party} edits x {config.rounds} round(s), "
           f"schedule {config.schedule}, model {experiment.loaded.name}")
 
-    results, deltas = {}, {}
+    placement = [(r, p) for r, parties in enumerate(rounds) for p, party in enumerate(parties) for _ in party]
+    results, cases, deltas = {}, {}, {}
     for method in config.methods:
         wall, elapsed, deltas[method] = experiment.run_method(method, rounds)
-        _, summary = evaluate_dataset(experiment.model, experiment.tok, edited, fluency=config.fluency,
-                                      max_out_len=config.fluency_max_len, seed=config.seed)
+        per_case, summary = evaluate_dataset(experiment.model, experiment.tok, edited, fluency=config.fluency,
+                                             max_out_len=config.fluency_max_len, seed=config.seed)
         summary["wall_time_s"] = wall  # what the method costs alone
         summary["elapsed_s"] = elapsed  # less, where it reused another method's targets
+        cases[method] = _placed_cases(per_case, placement)
+        if config.rounds > 1:  # forgetting: how the edits of early rounds hold up after later ones
+            summary["by_round"] = [_round_summary(cases[method], r) for r in range(config.rounds)]
         results[method] = summary
         print(f"  {method:<10} edited in {wall:7.1f} s; efficacy {format_value(summary['efficacy'])}, "
               f"specificity {format_value(summary['specificity'])}", flush=True)
@@ -223,6 +228,12 @@ def run_simulation(config: SimulationConfig, json_out: Path | None = None) -> di
     extra = ["wall_time_s"] + (["delta_rel_err_vs_global"] if "delta_rel_err_vs_global" in
                                results.get("collabedit", {}) else [])
     print(format_summary_table(results, extra_columns=extra))
+    for note in coverage_notes(results):
+        print(note)
+    if config.rounds > 1:
+        print("\nby the round each edit was made in (all evaluated after the last round):")
+        print(format_summary_table({f"{method} r{r + 1}": summary["by_round"][r] for method, summary in
+                                    results.items() for r in range(config.rounds)}))
     report = {
         "config": {**asdict(config), "dataset": str(config.dataset) if config.dataset else "embedded world",
                    "hparams": experiment.hparams.to_dict()},
@@ -233,12 +244,22 @@ def run_simulation(config: SimulationConfig, json_out: Path | None = None) -> di
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()},
         "methods": results,
+        "cases": cases,  # per method, per edited record: its metrics, round and party (generations left out)
     }
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(json_safe(report, fallback=str), indent=2, allow_nan=False))
         print(f"results written to {json_out}")
     return report
+
+
+def _placed_cases(per_case: list[dict], placement: list[tuple[int, int]]) -> list[dict]:
+    return [{"round": r + 1, "party": p + 1, **{k: v for k, v in case.items() if k != "generated_texts"}}
+            for case, (r, p) in zip(per_case, placement)]
+
+
+def _round_summary(cases: list[dict], round_index: int) -> dict:
+    return summarize_counterfact([case for case in cases if case["round"] == round_index + 1])
 
 
 def _load_records(config: SimulationConfig, experiment: Experiment) -> list[dict]:

@@ -49,12 +49,21 @@ def test_simulate_parallel_uses_its_hparams_and_reports_the_unedited_model(defau
     assert unedited["wall_time_s"] == 0.0 and unedited["efficacy"] < report["methods"]["global"]["efficacy"]
 
 
-def test_simulate_two_rounds_with_the_dynamic_covariance(default_world, tmp_path):
+def test_simulate_two_rounds_with_the_dynamic_covariance(default_world, tmp_path, capsys):
     out = tmp_path / "sim.json"
     assert main(["simulate", "--parties", "2", "--edits-per-party", "2", "--rounds", "2",
                  "--methods", "collabedit,global", "--no-fluency", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["config"]["rounds"] == 2 and report["n_edits"] == 8
+    # Every edited record once per method, placed by round and party: what forgetting is read from.
+    cases = report["cases"]["collabedit"]
+    assert [(c["round"], c["party"]) for c in cases] == [(r, p) for r in (1, 2) for p in (1, 2) for _ in (0, 1)]
+    assert len({c["case_id"] for c in cases}) == 8
+    for index, summary in enumerate(report["methods"]["collabedit"]["by_round"]):
+        in_round = [c["rewrite_success"] for c in cases if c["round"] == index + 1]
+        assert summary["n_cases"] == 4 and summary["efficacy"] == pytest.approx(100 * sum(in_round) / 4)
+    printed = capsys.readouterr().out
+    assert "by the round each edit was made in" in printed and "collabedit r2" in printed
     collab = report["methods"]["collabedit"]
     by_round = collab["delta_rel_err_vs_global_by_round"]
     assert len(by_round) == 2 and collab["delta_rel_err_vs_global"] == max(by_round)
@@ -701,6 +710,8 @@ def test_simulate_reports_cases_without_paraphrases_or_neighbours(default_world,
                  "--methods", "none", "--no-fluency", "--json", str(out)]) == 0
     unedited = json.loads(out.read_text())["methods"]["none"]
     assert unedited["generalization"] is None and unedited["specificity"] is None and unedited["score"] is None
+    assert unedited["n"]["efficacy"] == 1 and unedited["n"]["generalization"] == unedited["n"]["specificity"] == 0
+    assert "note: generalization is over 0 of 1 cases (the others have no such prompts)" in capsys.readouterr().out
     model, tok = default_world.load_model()
     _, expected = evaluate_dataset(model, tok, [record], fluency=False)
     assert unedited["efficacy"] == expected["efficacy"]

@@ -160,10 +160,12 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarize_metrics(per_case: list[dict], keys: Sequence[str]) -> dict:
-    """Mean ×100 over the cases that have each key (None-valued entries skipped), with stds."""
-    summary: dict = {"n_cases": len(per_case), "std": {}}
+    """Mean ×100 over the cases that have each key (None-valued entries skipped), with stds, and in
+    `n` how many cases each mean is over (fewer than n_cases where records lack a prompt set)."""
+    summary: dict = {"n_cases": len(per_case), "std": {}, "n": {}}
     for key in keys:
         values = [case[key] for case in per_case if case.get(key) is not None]
+        summary["n"][key] = len(values)
         if values:
             mean, std = mean_std(values)
             summary[key], summary["std"][key] = 100.0 * mean, 100.0 * std
@@ -173,7 +175,10 @@ def summarize_metrics(per_case: list[dict], keys: Sequence[str]) -> dict:
 
 
 def summarize_counterfact(per_case: list[dict]) -> dict:
-    """MEMIT-style summary plus the paper names (efficacy, generalization, specificity, fluency, score)."""
+    """MEMIT-style summary plus the paper names (efficacy, generalization, specificity, fluency, score).
+
+    score is the harmonic mean of the three success rates, each over the cases that have its prompts.
+    """
     if not per_case:
         raise ValueError("no cases to summarise")
     keys = [f"{name}_{kind}" for kind in ("success", "diff") for name in PROMPT_SETS] + ["ngram_entropy"]
@@ -182,4 +187,5 @@ def summarize_counterfact(per_case: list[dict]) -> dict:
     summary["score"] = harmonic_mean(successes) if None not in successes else None
     for key, paper_name in PAPER_NAMES.items():
         summary[paper_name] = summary[key]
+        summary["n"][paper_name] = summary["n"][key]
     return summary

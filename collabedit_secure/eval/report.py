@@ -124,6 +124,18 @@ def format_value(value) -> str:
     return f"{value:.2f}"
 
 
+def coverage_notes(summaries: Mapping[str, Mapping]) -> list[str]:
+    """A line for each table metric that is over fewer cases than the run has (records without those
+    prompts), so that a mean over 3 cases is not read as one over 6."""
+    notes = {}
+    for summary in summaries.values():
+        counts, total = summary.get("n", {}), summary.get("n_cases")
+        for metric in TABLE_COLUMNS:
+            if metric in counts and counts[metric] < total:
+                notes[metric] = f"note: {metric} is over {counts[metric]} of {total} cases (the others have no such prompts)"
+    return list(notes.values())
+
+
 def format_summary_table(summaries: Mapping[str, Mapping], extra_columns: Sequence[str] = ()) -> str:
     """Aligned plain-text table, one row per method: efficacy, generalization, specificity, score,
     fluency, then `extra_columns` (e.g. "wall_time_s", "delta_rel_err_vs_global"); "-" where absent."""

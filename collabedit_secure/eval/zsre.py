@@ -132,4 +132,5 @@ def summarize_zsre(per_case: list[dict]) -> dict:
     summary = summarize_metrics(per_case, ACC_KEYS)
     for key, paper_name in PAPER_NAMES.items():
         summary[paper_name] = summary[key]
+        summary["n"][paper_name] = summary["n"][key]
     return summary

@@ -71,6 +71,16 @@ def test_summary_without_neighbourhood_has_no_score():
     assert summary["paraphrase_success"] is None and summary["score"] is None
 
 
+def test_summary_counts_the_cases_behind_each_mean():
+    full = record_metrics([(1.0, 2.0)], [(1.0, 2.0)], [(2.0, 1.0)])
+    no_paraphrase = record_metrics([(2.0, 1.0)], [], [(1.0, 2.0)])
+    summary = summarize_counterfact([full, no_paraphrase])
+    assert summary["n"]["efficacy"] == summary["n"]["specificity"] == 2 and summary["n"]["generalization"] == 1
+    assert summary["n"]["paraphrase_success"] == 1 and summary["n"]["fluency"] == 0
+    # efficacy 50 and specificity 50 over both cases, generalization 100 over the one that has it
+    assert summary["score"] == pytest.approx(3 / (1 / 50 + 1 / 100 + 1 / 50))
+
+
 def test_zsre_summary():
     cases = [
         {"rewrite_acc": 1.0, "paraphrase_acc": 0.5, "neighborhood_acc": 0.25},
