@@ -448,11 +448,14 @@ def test_interrupted_stats_exit_quietly_and_resume(tmp_path):
     base = tmp_path / "gpt2"
     tiny_model("gpt2", tok).save_pretrained(base)
     tok.save_pretrained(base)
-    (tmp_path / "corpus.txt").write_text("\n".join(corpus() * 100))  # 400 batches; the first checkpoint at 20
+    (tmp_path / "corpus.txt").write_text("\n".join(corpus() * 30))  # 370 batches; the first checkpoint at 20
     command = [str(Path(sys.executable).parent / "collabedit"), "stats", "--model", str(base), "--layers", "1",
                "--corpus", str(tmp_path / "corpus.txt"), "--out", str(tmp_path / "out")]
     env = {**os.environ, "COLLABEDIT_CACHE": str(tmp_path / "cache")}
-    running = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    # A shell runs background jobs with SIGINT ignored, and children inherit that: give the command
+    # the disposition it has when a user starts it in a terminal.
+    running = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list((tmp_path / "cache" / "stats").glob("*.partial.npz")):
         assert running.poll() is None and time.monotonic() < deadline, "finished before its first checkpoint"
