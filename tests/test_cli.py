@@ -714,7 +714,9 @@ def test_simulate_reports_cases_without_paraphrases_or_neighbours(default_world,
     unedited = json.loads(out.read_text())["methods"]["none"]
     assert unedited["generalization"] is None and unedited["specificity"] is None and unedited["score"] is None
     assert unedited["n"]["efficacy"] == 1 and unedited["n"]["generalization"] == unedited["n"]["specificity"] == 0
-    assert "note: generalization is over 0 of 1 cases (the others have no such prompts)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "note: generalization is over 0 of 1 cases (the others have no such prompts)" in printed
+    assert "fluency is over" not in printed  # off, not missing
     model, tok = default_world.load_model()
     _, expected = evaluate_dataset(model, tok, [record], fluency=False)
     assert unedited["efficacy"] == expected["efficacy"]

@@ -125,12 +125,13 @@ def format_value(value) -> str:
 
 
 def coverage_notes(summaries: Mapping[str, Mapping]) -> list[str]:
-    """A line for each table metric that is over fewer cases than the run has (records without those
-    prompts), so that a mean over 3 cases is not read as one over 6."""
+    """A line for each prompt-set metric that is over fewer cases than the run has (records without
+    those prompts), so that a mean over 3 cases is not read as one over 6. (Fluency is over every
+    case or, when it is off, none: records without generation prompts are refused when it is on.)"""
     notes = {}
     for summary in summaries.values():
         counts, total = summary.get("n", {}), summary.get("n_cases")
-        for metric in TABLE_COLUMNS:
+        for metric in ("efficacy", "generalization", "specificity"):
             if metric in counts and counts[metric] < total:
                 notes[metric] = f"note: {metric} is over {counts[metric]} of {total} cases (the others have no such prompts)"
     return list(notes.values())
