@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--corpus", default="world", type=corpus_name,
                        help="'world' or a text file (one document per line)")
     stats.add_argument("--samples", type=positive_int, default=None,
-                       help="number of documents (default: the hparams' mom2_n_samples)")
+                       help="number of documents, drawn at random with a fixed seed as MEMIT does "
+                            "(default: the hparams' mom2_n_samples; all of them if fewer)")
     stats.add_argument("--hparams", type=hparams_file,
                        help="MEMIT hparams YAML for mom2_n_samples, mom2_max_length, mom2_batch_size "
                             "(default: chosen from the model family)")

@@ -1,9 +1,10 @@
 """C0 = E[k kᵀ]: the uncentred second moment of the edited projection's input over a text corpus.
 
-Accumulated in float64 over every non-padding token (MEMIT `layer_stats`), cached on disk under a key
-that hashes the model weights, layer, corpus, sample count and max length, checkpointed atomically
-so an interrupted run resumes where it stopped, and stored in MEMIT's npz layout (`mom2.mom2` raw
-sum, `mom2.count`) so MEMIT's published statistics import and ours export.
+Accumulated in float64 over every non-padding token of a seeded random sample of documents (MEMIT
+`layer_stats`), cached on disk under a key that hashes the model weights, layer, corpus, sample count
+and max length, checkpointed atomically so an interrupted run resumes where it stopped, and stored in
+MEMIT's npz layout (`mom2.mom2` raw sum, `mom2.count`) so MEMIT's published statistics import and
+ours export.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from .tokens import context_limit
 
 log = logging.getLogger(__name__)
 MEMIT_CONSTRUCTOR = "util.runningstats.SecondMoment()"
+SAMPLE_SEED = 1  # MEMIT's layer_stats draws its documents with random_sample=1
 
 
 class CorruptStatsError(ValueError):
@@ -203,11 +206,21 @@ def _accumulate_batch(model, tok, layer_name: str, texts: list[str], max_length:
     return int(mask.sum())
 
 
-def corpus_sample(texts: list[str], n_samples: int | None = None) -> list[str]:
-    """The documents a statistic is taken over: the first n_samples non-empty texts."""
-    if n_samples is not None and n_samples < 1:  # [:0] and [:-5] would silently drop documents
+def corpus_sample(texts: list[str], n_samples: int | None = None, seed: int = SAMPLE_SEED) -> list[str]:
+    """The documents a statistic is taken over: n_samples of the non-empty texts, drawn at random.
+
+    As MEMIT's `FixedRandomSubsetSampler(seed=1)` does, so that a corpus file sorted by title or date
+    does not hand C0 its first section only. The draw is fixed by `seed` and the chosen documents keep
+    their corpus order (order changes only round-off); n_samples of None, or as many as there are,
+    takes every document.
+    """
+    if n_samples is not None and n_samples < 1:
         raise ValueError(f"n_samples must be >= 1 (or None: every document), got {n_samples}")
-    return [t for t in texts if t.strip()][:n_samples]
+    documents = [t for t in texts if t.strip()]
+    if n_samples is None or n_samples >= len(documents):
+        return documents
+    chosen = sorted(random.Random(seed).sample(range(len(documents)), n_samples))
+    return [documents[i] for i in chosen]
 
 
 def _check_sampling(model, max_length: int | None, batch_size: int) -> None:
@@ -223,7 +236,7 @@ def layer_stats(model, tok, layer_name: str, texts: list[str], *, n_samples: int
                 max_length: int | None = None, batch_size: int = 16, cache_dir: str | Path | None = None,
                 progress: bool = True, checkpoint_every: int = 20,
                 on_batch: Callable[[int], None] | None = None) -> SecondMoment:
-    """Second moment of `layer_name`'s input over the first n_samples non-empty texts (cached, resumable).
+    """Second moment of `layer_name`'s input over n_samples of the texts (`corpus_sample`; cached, resumable).
 
     `on_batch(position)` is called after each batch with the number of texts consumed so far.
     """

@@ -12,7 +12,7 @@ import transformers
 from tokenizers import processors
 
 from collabedit_secure.editing import SecondMoment, export_memit_stats, import_memit_stats, layer_stats
-from collabedit_secure.editing.covariance import CorruptStatsError
+from collabedit_secure.editing.covariance import CorruptStatsError, corpus_sample
 
 from .conftest import corpus, make_tokenizer, tiny_model
 
@@ -187,11 +187,24 @@ def test_stats_command_names_its_file_by_the_documents_used(tok, tmp_path, monke
     assert main([*argv, str(out), "--hparams", str(hparams)]) == 0
     (written,) = out.glob("*.npz")
     assert written.name == "gpt_neox.layers.1.mlp.dense_4h_to_h_float32_mom2_15.npz"
-    direct = layer_stats(model, tok, "gpt_neox.layers.1.mlp.dense_4h_to_h", corpus()[:15], batch_size=4,
-                         cache_dir=tmp_path / "direct", progress=False)
+    direct = layer_stats(model, tok, "gpt_neox.layers.1.mlp.dense_4h_to_h", corpus()[:20], n_samples=15,
+                         batch_size=4, cache_dir=tmp_path / "direct", progress=False)
     exported = import_memit_stats(written)
     assert exported.count == direct.count
     assert torch.allclose(exported.moment(), direct.moment(), rtol=1e-5, atol=1e-7)  # stored as float32
+
+
+def test_corpus_sample_draws_from_the_whole_corpus_with_a_fixed_seed():
+    """As MEMIT samples its articles: a sorted corpus must not give C0 its first section only."""
+    documents = [f"document {i}" for i in range(1000)]
+    sample = corpus_sample(documents + ["", "  "], 100)
+    assert len(sample) == len(set(sample)) == 100 and set(sample) <= set(documents)
+    assert sample == sorted(sample, key=documents.index)  # corpus order kept
+    assert max(map(documents.index, sample)) >= 500 and sample != documents[:100]
+    assert corpus_sample(documents, 100) == sample  # reproducible: the cache key and every party agree
+    assert corpus_sample(documents, 100, seed=2) != sample
+    # Asking for as many documents as there are (or more, or None) takes them all, in order.
+    assert corpus_sample(documents + [" "], 1000) == corpus_sample(documents, 5000) == corpus_sample(documents) == documents
 
 
 @pytest.mark.parametrize("settings, message", [
