@@ -4,7 +4,7 @@
     collabedit stats --model M --layers 1 2 3 [--corpus world|PATH] [--hparams FILE] --out DIR
     collabedit edit --model M --requests FILE [--schedule S] [--corpus PATH | --stats DIR] --out DIR
     collabedit simulate [--parties N] [--edits-per-party M] [--rounds R] [--schedule S] [--methods ...] [--json OUT]
-    collabedit eval --model M --dataset PATH [--round-prompts FILE] --json OUT
+    collabedit eval --model M --dataset PATH [--round-prompts FILE] [--consistency DIR|world] --json OUT
     collabedit bench kernels [--quick] --json OUT
 
 M is a local HF model directory, a hub name, or `default` (the embedded world model).
@@ -175,6 +175,7 @@ def _simulate(args: argparse.Namespace) -> None:
         fluency=not args.no_fluency,
         fluency_max_len=args.fluency_tokens,
         float64_weights=args.float64_weights,
+        consistency=args.consistency,
     )
     run_simulation(config, json_out=Path(args.json) if args.json else None)
 
@@ -185,7 +186,7 @@ def _eval(args: argparse.Namespace) -> None:
     refuse_overwriting_inputs(args.json, dataset=args.dataset, round_prompts=args.round_prompts)
     round_prompts = Path(args.round_prompts) if args.round_prompts else None
     summary = run_eval(args.model, Path(args.dataset), Path(args.json), fluency=not args.no_fluency,
-                       round_prompts=round_prompts, max_out_len=args.fluency_tokens)
+                       round_prompts=round_prompts, max_out_len=args.fluency_tokens, consistency=args.consistency)
     print(json.dumps(json_safe(summary), indent=2, allow_nan=False))  # NaN (e.g. a std of nothing) prints as null
 
 
@@ -193,6 +194,13 @@ def _bench_kernels(args: argparse.Namespace) -> None:
     from .bench import kernels as bench_kernels
 
     bench_kernels.run(args)
+
+
+def consistency_source(value: str) -> str:
+    """argparse type: 'world' or a directory (its files are checked when read, before any model loads)."""
+    if value != "world" and not Path(value).is_dir():
+        raise argparse.ArgumentTypeError(f"{value} is neither 'world' nor a directory")
+    return value
 
 
 def add_c0_arguments(parser: argparse.ArgumentParser) -> None:
@@ -272,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim_fluency.add_argument("--fluency-tokens", type=positive_int, metavar="N",
                      help="length of each fluency sample in tokens, prompt included (default: MEMIT's 100; "
                           "40 on the embedded world, as its recorded results)")
+    sim.add_argument("--consistency", type=consistency_source, metavar="DIR|world",
+                     help="reference of the consistency metric: a directory with MEMIT's attribute_snippets.json, "
+                          "idf.npy and tfidf_vocab.json, or 'world' (default: the world's own on the embedded "
+                          "world, none with --dataset)")
     sim.add_argument("--float64-weights", action="store_true",
                      help="hold the model in float64 between rounds, so each round builds on the earlier "
                           "updates unrounded (evaluation runs in float64 too, slower)")
@@ -289,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev_fluency.add_argument("--no-fluency", action="store_true", help="skip generation-based fluency (CounterFact)")
     ev_fluency.add_argument("--fluency-tokens", type=positive_int, default=100, metavar="N",
                     help="length of each fluency sample in tokens, prompt included (default: MEMIT's 100)")
+    ev.add_argument("--consistency", type=consistency_source, metavar="DIR|world",
+                    help="CounterFact only: score consistency (MEMIT's reference score of the fluency generations) "
+                         "against a directory with MEMIT's attribute_snippets.json, idf.npy and tfidf_vocab.json, "
+                         "or 'world', the embedded world's facts")
     ev.add_argument("--json", required=True, type=output_file, help="write the per-case report here")
     ev.set_defaults(handler=_eval)
 

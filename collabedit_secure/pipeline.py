@@ -299,24 +299,32 @@ def edit_summary(model: str) -> dict | None:
 
 
 def run_eval(model: str, dataset: Path, json_out: Path, fluency: bool = True, round_prompts: Path | None = None,
-             seed: int = 0, max_out_len: int = 100) -> dict:
+             seed: int = 0, max_out_len: int = 100, consistency: str | None = None) -> dict:
     """`collabedit eval`: metrics of a model on a CounterFact/zsRE/conflict file.
 
-    `round_prompts` (conflict files only): the relation probes of spec 2.9. Everything checkable without
-    the model (dataset, round prompts, edit_meta.json) is checked before it loads.
+    `round_prompts` (conflict files only): the relation probes of spec 2.9. `consistency` ('world' or a
+    directory of MEMIT's snippet and TF-IDF files) adds the reference score. Everything checkable without
+    the model (dataset, round prompts, consistency files, edit_meta.json) is checked before it loads.
     """
+    from .eval.consistency import consistency_reference
     from .eval.datasets import check_dataset, load_dataset, prefixed_errors
     from .eval.report import evaluate_dataset, write_report
 
-    check_dataset(dataset, fluency=fluency, round_prompts=round_prompts)
+    kind = check_dataset(dataset, fluency=fluency, round_prompts=round_prompts, consistency=consistency is not None)
+    if consistency is not None and (kind != "counterfact" or not fluency):
+        raise ValueError("consistency scores the fluency generations of a CounterFact dataset: "
+                         + (f"{dataset} is {kind}" if kind != "counterfact" else "drop --no-fluency"))
+    reference = consistency_reference(consistency) if consistency is not None else None
     edit = edit_summary(model)
     loaded = load_model(model)
     kind, records = load_dataset(dataset, loaded.tok, round_prompts)
     fluency = fluency and kind == "counterfact"  # only CounterFact has generation prompts
     per_case, summary = prefixed_errors(dataset, lambda: evaluate_dataset(
-        loaded.model, loaded.tok, records, kind=kind, fluency=fluency, max_out_len=max_out_len, seed=seed))
+        loaded.model, loaded.tok, records, kind=kind, fluency=fluency, max_out_len=max_out_len, seed=seed,
+        consistency=reference))
     meta = {"model": loaded.name, "dataset": str(dataset), "kind": kind, "n_records": len(records),
             "round_prompts": str(round_prompts) if round_prompts is not None else None, "edit": edit,
-            "fluency": {"seed": seed, "max_out_len": max_out_len} if fluency else None}
+            "fluency": {"seed": seed, "max_out_len": max_out_len} if fluency else None,
+            "consistency": reference.source if reference is not None else None}
     write_report(json_out, per_case, summary, meta)
     return summary

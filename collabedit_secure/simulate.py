@@ -31,6 +31,7 @@ from .editing.memit import edit
 from .merging.collabedit import update_dynamic_covariance
 from .editing.requests import EditRequest
 from .editing.targets import TargetCache
+from .eval.consistency import ConsistencyReference, consistency_reference
 from .eval.context_window import check_context
 from .eval.counterfact import summarize_counterfact
 from .eval.report import coverage_notes, evaluate_dataset, format_summary_table, format_value
@@ -63,6 +64,9 @@ class SimulationConfig:
     # that its recorded results used (validate() fills it in, so the JSON records the value).
     fluency_max_len: int | None = None
     float64_weights: bool = False  # hold the model in float64, so later rounds build on unrounded updates
+    # Consistency's reference: 'world' or a directory of MEMIT's snippet and TF-IDF files. None: the
+    # world's own on the embedded default without --dataset, else no consistency. Needs fluency.
+    consistency: str | None = None
 
     def validate(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -86,10 +90,13 @@ class SimulationConfig:
             raise ValueError(f"--model {self.model} needs --dataset (the embedded world's edits belong to "
                              "--model default)")
         check_c0_source(self.model, self.corpus, self.stats)
+        if self.consistency is not None and not self.fluency:
+            raise ValueError("consistency scores the fluency generations: drop --no-fluency")
         if self.dataset is not None:
             from .eval.datasets import check_dataset, load_dataset
 
-            kind = check_dataset(self.dataset, fluency=self.fluency)  # fail now, not after the edits
+            kind = check_dataset(self.dataset, fluency=self.fluency,  # fail now, not after the edits
+                                 consistency=self.consistency is not None)
             if kind != "counterfact":
                 raise ValueError(f"simulate needs a CounterFact-format dataset; {self.dataset} is {kind}")
             split_cases(load_dataset(self.dataset)[1], self)  # enough distinct subjects, before the model loads
@@ -193,7 +200,11 @@ def run_simulation(config: SimulationConfig, json_out: Path | None = None) -> di
     """Run every method, print the table, write the JSON; returns the results dict."""
     config.validate()
     torch.manual_seed(config.seed)
+    # MEMIT's files are read and checked before the model loads.
+    reference = consistency_reference(config.consistency) if config.consistency is not None else None
     experiment = Experiment(config)
+    if reference is None and config.fluency and config.dataset is None and experiment.loaded.embedded:
+        reference = ConsistencyReference.from_world(experiment.loaded.records, experiment.loaded.corpus())
     records = _load_records(config, experiment)
     rounds = split_cases(records, config)
     edited = [r for parties in rounds for party in parties for r in party]
@@ -208,7 +219,8 @@ def run_simulation(config: SimulationConfig, json_out: Path | None = None) -> di
     for method in config.methods:
         wall, elapsed, deltas[method] = experiment.run_method(method, rounds)
         per_case, summary = evaluate_dataset(experiment.model, experiment.tok, edited, fluency=config.fluency,
-                                             max_out_len=config.fluency_max_len, seed=config.seed)
+                                             max_out_len=config.fluency_max_len, seed=config.seed,
+                                             consistency=reference)
         summary["wall_time_s"] = wall  # what the method costs alone
         summary["elapsed_s"] = elapsed  # less, where it reused another method's targets
         cases[method] = _placed_cases(per_case, placement)
@@ -241,6 +253,7 @@ def run_simulation(config: SimulationConfig, json_out: Path | None = None) -> di
         "n_edits": len(edited),
         "context_templates": experiment.templates,
         "c0": experiment.c0_sources,
+        "consistency_reference": reference.source if reference is not None else None,
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()},
         "methods": results,

@@ -39,14 +39,21 @@ def test_simulate_collabedit_equals_global_and_writes_the_table(default_world, t
     assert "delta_rel_err_vs_global" in table and "ties" in table
 
 
-def test_simulate_parallel_uses_its_hparams_and_reports_the_unedited_model(default_world, tmp_path):
+def test_simulate_parallel_uses_its_hparams_and_reports_the_unedited_model(default_world, tmp_path, capsys):
     out = tmp_path / "sim.json"
     assert main(["simulate", "--parties", "2", "--edits-per-party", "2", "--schedule", "parallel",
-                 "--methods", "global,none", "--no-fluency", "--json", str(out)]) == 0
+                 "--methods", "global,none", "--fluency-tokens", "16", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["config"]["hparams"]["mom2_update_weight"] == 800  # default-world-parallel.yaml
-    unedited = report["methods"]["none"]
-    assert unedited["wall_time_s"] == 0.0 and unedited["efficacy"] < report["methods"]["global"]["efficacy"]
+    unedited, edited = report["methods"]["none"], report["methods"]["global"]
+    assert unedited["wall_time_s"] == 0.0 and unedited["efficacy"] < edited["efficacy"]
+    # On the embedded world, consistency is scored against the world's own facts, for every edit.
+    assert report["consistency_reference"] == "world"
+    for method in ("none", "global"):
+        scores = [case["reference_score"] for case in report["cases"][method]]
+        assert report["methods"][method]["n"]["consistency"] == 4 and all(0 <= s <= 1 for s in scores)
+        assert report["methods"][method]["consistency"] == pytest.approx(25 * sum(scores))
+    assert capsys.readouterr().out.count("consistency") == 1  # the table's column
 
 
 def test_simulate_two_rounds_with_the_dynamic_covariance(default_world, tmp_path, capsys):
@@ -161,6 +168,40 @@ def test_other_models_need_their_own_corpus_before_any_model_loads(argv, message
     assert main([a.format(**fill) for a in argv]) == 2
     assert message.format(**fill) in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--dataset", "{cf}", "--consistency", "{memit}", "--no-fluency", "--json", "o.json"],
+     "consistency scores the fluency generations of a CounterFact dataset: drop --no-fluency"),
+    (["eval", "--dataset", "{zsre}", "--consistency", "{memit}", "--json", "o.json"], "{zsre} is zsre"),
+    (["eval", "--dataset", "{cf}", "--consistency", "{empty}", "--json", "o.json"],
+     "{empty}/attribute_snippets.json: no such file"),
+    (["simulate", "--consistency", "{memit}", "--no-fluency"], "consistency scores the fluency generations: drop"),
+    (["simulate", "--dataset", "{cf}", "--parties", "2", "--edits-per-party", "2", "--consistency", "{empty}"],
+     "{empty}/attribute_snippets.json: no such file"),
+])
+def test_consistency_inputs_are_checked_before_any_model_loads(argv, message, shared_data, tmp_path, capsys,
+                                                               monkeypatch):
+    forbid_work(monkeypatch)
+    memit, empty = tmp_path / "memit", tmp_path / "empty"
+    empty.mkdir()
+    memit.mkdir()
+    (memit / "attribute_snippets.json").write_text('[{"relation_id": "P1", "target_id": "Q1", "samples": '
+                                                   '[{"name": "x", "text": "x y"}]}]')
+    (memit / "tfidf_vocab.json").write_text('{"word": 0}')
+    np.save(memit / "idf.npy", np.array([1.5]))
+    fill = {"cf": shared_data / "counterfact" / "multi_counterfact-30.json", "memit": memit, "empty": empty,
+            "zsre": shared_data / "zsre" / "zsre_mend_eval-6.json"}
+    argv = [a.format(**fill) for a in argv]
+    if argv[0] == "eval":
+        argv[1:1] = ["--model", "default"]
+    assert main(argv) == 2
+    assert message.format(**fill) in capsys.readouterr().err
+    assert not Path("o.json").exists()
+    with pytest.raises(SystemExit):
+        main(["eval", "--model", "default", "--dataset", str(fill["cf"]), "--consistency", str(tmp_path / "nope"),
+              "--json", "o.json"])
+    assert f"{tmp_path / 'nope'} is neither 'world' nor a directory" in capsys.readouterr().err
 
 
 def test_a_local_model_directory_through_stats_edit_and_simulate(default_world, tmp_path):

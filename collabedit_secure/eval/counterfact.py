@@ -16,7 +16,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from collabedit_secure.eval.datasets import require_generation_prompts, validate_counterfact_records
+from collabedit_secure.eval.consistency import ConsistencyReference, add_consistency
+from collabedit_secure.eval.datasets import (
+    require_consistency_fields, require_generation_prompts, validate_counterfact_records,
+)
 from collabedit_secure.eval.fluency import generate_texts, ngram_entropy
 from collabedit_secure.eval.nll import target_nll
 
@@ -26,6 +29,7 @@ PAPER_NAMES = {  # summary key -> name used in the CollabEdit / MEMIT papers
     "paraphrase_success": "generalization",
     "neighborhood_success": "specificity",
     "ngram_entropy": "fluency",
+    "reference_score": "consistency",
 }
 
 
@@ -118,17 +122,25 @@ def evaluate_counterfact(
     seed: int = 0,
     batch_size: int = 64,
     gen_batch_size: int = 128,
+    consistency: ConsistencyReference | None = None,
 ) -> tuple[list[dict], dict]:
-    """Per-record metrics and their summary for CounterFact-schema records."""
+    """Per-record metrics and their summary for CounterFact-schema records; with `consistency`, the
+    reference score of the fluency generations too."""
     records = validate_counterfact_records(records)
+    if consistency is not None and not fluency:
+        raise ValueError("consistency scores the fluency generations: it needs fluency on")
     if fluency:  # before the scoring, not after minutes of it
         require_generation_prompts(records)
+    if consistency is not None:
+        require_consistency_fields(records)
     per_case = []
     for record, pairs in zip(records, counterfact_nll_pairs(model, tok, records, batch_size)):
         metrics = record_metrics(pairs["rewrite"], pairs["paraphrase"], pairs["neighborhood"])
         per_case.append({"case_id": record["case_id"], **_request_summary(record), **metrics})
     if fluency:
         add_fluency(model, tok, records, per_case, max_out_len, seed, gen_batch_size)
+    if consistency is not None:
+        add_consistency(records, per_case, consistency)
     return per_case, summarize_counterfact(per_case)
 
 
@@ -175,17 +187,22 @@ def summarize_metrics(per_case: list[dict], keys: Sequence[str]) -> dict:
 
 
 def summarize_counterfact(per_case: list[dict]) -> dict:
-    """MEMIT-style summary plus the paper names (efficacy, generalization, specificity, fluency, score).
+    """MEMIT-style summary plus the paper names (efficacy, generalization, specificity, fluency,
+    consistency, score).
 
     score is the harmonic mean of the three success rates, each over the cases that have its prompts.
     """
     if not per_case:
         raise ValueError("no cases to summarise")
     keys = [f"{name}_{kind}" for kind in ("success", "diff") for name in PROMPT_SETS] + ["ngram_entropy"]
+    if any("reference_score" in case for case in per_case):  # computed (if for no case, n says so)
+        keys.append("reference_score")
     summary = summarize_metrics(per_case, keys)
     successes = [summary[f"{name}_success"] for name in PROMPT_SETS]
     summary["score"] = harmonic_mean(successes) if None not in successes else None
     for key, paper_name in PAPER_NAMES.items():
+        if key not in summary:
+            continue
         summary[paper_name] = summary[key]
         summary["n"][paper_name] = summary["n"][key]
     return summary

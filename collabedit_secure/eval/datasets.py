@@ -45,7 +45,7 @@ def read_json_list(path) -> list:
     return data
 
 
-def _field(record, path: str, where: str, kind=str):
+def field_at(record, path: str, where: str, kind=str):
     """record["a"]["b"] for path "a.b", with an error naming the record and the missing field."""
     value = record
     for key in path.split("."):
@@ -59,7 +59,7 @@ def _field(record, path: str, where: str, kind=str):
 
 def _text(record, path: str, where: str) -> str:
     """A string field that must not be blank (a blank subject, target or prompt means nothing to score)."""
-    value = _field(record, path, where)
+    value = field_at(record, path, where)
     if not value.strip():
         raise DatasetFormatError(f"{where}: field {path!r} is empty")
     return value
@@ -114,11 +114,11 @@ def validate_counterfact_records(records: list) -> list[dict]:
         where = record_label(index, record)
         if not isinstance(record, dict):
             raise DatasetFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        case_id = _field(record, "case_id", where, int)
+        case_id = field_at(record, "case_id", where, int)
         if case_id in seen:
             raise DatasetFormatError(f"{where}: duplicate case_id {case_id} (also record {seen[case_id]})")
         seen[case_id] = index
-        _field(record, "requested_rewrite.prompt", where)
+        field_at(record, "requested_rewrite.prompt", where)
         for path in ("requested_rewrite.subject", "requested_rewrite.target_new.str",
                      "requested_rewrite.target_true.str"):
             _text(record, path, where)
@@ -158,6 +158,14 @@ def require_generation_prompts(records: list[dict]) -> None:
                                      "samples from (skip fluency with --no-fluency)")
 
 
+def require_consistency_fields(records: list[dict]) -> None:
+    """Consistency looks its snippets up by relation and new object: every record must name both."""
+    for index, record in enumerate(records):
+        where = f"{record_label(index, record)} (consistency needs it)"
+        field_at(record, "requested_rewrite.relation_id", where, (str, int))
+        field_at(record, "requested_rewrite.target_new.id", where, (str, int))
+
+
 def prefixed_errors(path, build):
     # Errors from inside a record name the file too, so a person knows where to look.
     try:
@@ -178,7 +186,7 @@ def _zsre_fields(index: int, record: dict) -> tuple[str, str, str, list, str, st
     where = f"zsRE record {index}"
     subject, src, rephrase, loc, loc_ans = (_text(record, key, where) for key in
                                             ("subject", "src", "rephrase", "loc", "loc_ans"))
-    answers = _field(record, "answers", where, list)
+    answers = field_at(record, "answers", where, list)
     if not answers or not all(isinstance(a, str) for a in answers) or not answers[0].strip():
         raise DatasetFormatError(
             f"{where}: field 'answers' must be a non-empty list of strings, the first one not blank")
@@ -235,11 +243,11 @@ def conflict_record(index: int, record: dict, round_prompts: dict | None = None)
     [templates]}), the relation's probe prompts become the paraphrase prompts.
     """
     where = f"conflict record {index}"
-    relation_id = _field(record, "edit.relation.id", where)
-    prompt = _field(record, "edit.relation.prompt", where)
+    relation_id = field_at(record, "edit.relation.id", where)
+    prompt = field_at(record, "edit.relation.prompt", where)
     subject, new_object, true_object, conflict_object = (_text(record, path, where) for path in (
         "edit.subject.label", "edit.new_object", "edit.object.label", "edit.conflict_object.label"))
-    true_objects = _field(record, "true_objects", where, list)
+    true_objects = field_at(record, "true_objects", where, list)
     _check_prompt_template(prompt, where)
     probes = []
     if round_prompts is not None:
@@ -260,7 +268,7 @@ def conflict_record(index: int, record: dict, round_prompts: dict | None = None)
         "attribute_prompts": [],
         "generation_prompts": [],
         "conflict_object": {"str": conflict_object, "id": record["edit"]["conflict_object"].get("id")},
-        "true_objects": [_field(o, "label", f"{where} true_objects[{i}]") for i, o in enumerate(true_objects)],
+        "true_objects": [field_at(o, "label", f"{where} true_objects[{i}]") for i, o in enumerate(true_objects)],
         "type": record.get("type"),
         "relation_query": record["edit"]["relation"].get("query"),
     }
@@ -306,11 +314,12 @@ def detect_format(records: list) -> str:
     )
 
 
-def check_dataset(path, fluency: bool = False, round_prompts=None) -> str:
+def check_dataset(path, fluency: bool = False, round_prompts=None, consistency: bool = False) -> str:
     """Validate a dataset file without a model (so bad input fails before weights load); its format.
 
-    `fluency`: CounterFact records must have generation prompts. `round_prompts` (a path): only for
-    conflict files, and every record's relation must have probe prompts there.
+    `fluency`: CounterFact records must have generation prompts; `consistency`: and name their relation
+    and new object's id. `round_prompts` (a path): only for conflict files, and every record's relation
+    must have probe prompts there.
     """
     records = read_json_list(path)
     kind = prefixed_errors(path, lambda: detect_format(records))
@@ -321,6 +330,8 @@ def check_dataset(path, fluency: bool = False, round_prompts=None) -> str:
         checked = validate_counterfact_records(records)
         if fluency:
             require_generation_prompts(checked)
+        if consistency:
+            require_consistency_fields(checked)
 
     validate = {
         "counterfact": counterfact,

@@ -12,13 +12,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from collabedit_secure.eval.conflict import evaluate_conflict
+from collabedit_secure.eval.consistency import ConsistencyReference
 from collabedit_secure.eval.context_window import check_context
 from collabedit_secure.eval.counterfact import evaluate_counterfact
 from collabedit_secure.eval.zsre import evaluate_zsre
 from collabedit_secure.files import json_safe, share_as_umask_allows
 
 REPORT_VERSION = 1
-TABLE_COLUMNS = ("efficacy", "generalization", "specificity", "score", "fluency")
+TABLE_COLUMNS = ("efficacy", "generalization", "specificity", "score", "fluency", "consistency")
 KINDS = ("counterfact", "zsre", "conflict")
 
 
@@ -43,10 +44,12 @@ def evaluate_dataset(
     seed: int = 0,
     batch_size: int = 64,
     gen_batch_size: int = 128,
+    consistency: ConsistencyReference | None = None,
 ) -> tuple[list[dict], dict]:
     """Evaluate `records` (as from `load_dataset`) on `model`; returns (per_case, summary).
 
-    kind 'counterfact': probability metrics, plus fluency (generation entropy) when `fluency`.
+    kind 'counterfact': probability metrics, plus fluency (generation entropy) when `fluency`, and
+    consistency (MEMIT's reference score of those generations) against `consistency`'s snippets.
     kind 'zsre': token accuracies (`fluency` is ignored: zsRE has no generation prompts).
     kind 'conflict': the CounterFact metrics on the conflict requests (no neighbourhood, no fluency),
     plus the conflict probe (p_conf vs p_obj, see `eval.conflict`) merged into each case and the summary.
@@ -54,6 +57,8 @@ def evaluate_dataset(
     """
     if kind not in KINDS:
         raise ValueError(f"unknown evaluation kind {kind!r}; expected one of {KINDS}")
+    if consistency is not None and kind != "counterfact":
+        raise ValueError(f"consistency is a CounterFact metric (it scores generations); this dataset is {kind}")
     check_context(model, tok, records, kind, fluency=fluency and kind == "counterfact", max_out_len=max_out_len)
     started = time.perf_counter()
     with _eval_mode(model):
@@ -62,7 +67,7 @@ def evaluate_dataset(
         else:
             per_case, summary = evaluate_counterfact(
                 model, tok, records, fluency=fluency and kind == "counterfact", max_out_len=max_out_len,
-                seed=seed, batch_size=batch_size, gen_batch_size=gen_batch_size,
+                seed=seed, batch_size=batch_size, gen_batch_size=gen_batch_size, consistency=consistency,
             )
             if kind == "conflict":
                 _merge_conflict_probe(model, tok, records, per_case, summary, batch_size)
@@ -124,16 +129,24 @@ def format_value(value) -> str:
     return f"{value:.2f}"
 
 
+COVERAGE_REASONS = {  # why a metric can be over fewer cases than the run has
+    "efficacy": "the others have no such prompts",
+    "generalization": "the others have no such prompts",
+    "specificity": "the others have no such prompts",
+    "consistency": "the others have no attribute snippets for their relation and new object",
+}
+
+
 def coverage_notes(summaries: Mapping[str, Mapping]) -> list[str]:
-    """A line for each prompt-set metric that is over fewer cases than the run has (records without
-    those prompts), so that a mean over 3 cases is not read as one over 6. (Fluency is over every
-    case or, when it is off, none: records without generation prompts are refused when it is on.)"""
+    """A line for each metric that is over fewer cases than the run has, so that a mean over 3 cases
+    is not read as one over 6. (Fluency is over every case or, when it is off, none: records without
+    generation prompts are refused when it is on.)"""
     notes = {}
     for summary in summaries.values():
         counts, total = summary.get("n", {}), summary.get("n_cases")
-        for metric in ("efficacy", "generalization", "specificity"):
+        for metric, reason in COVERAGE_REASONS.items():
             if metric in counts and counts[metric] < total:
-                notes[metric] = f"note: {metric} is over {counts[metric]} of {total} cases (the others have no such prompts)"
+                notes[metric] = f"note: {metric} is over {counts[metric]} of {total} cases ({reason})"
     return list(notes.values())
 
 
