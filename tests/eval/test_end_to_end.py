@@ -184,10 +184,10 @@ def test_summary_table_is_aligned(counterfact_eval):
     )
     lines = table.splitlines()
     assert lines[0].split() == ["method", "efficacy", "generalization", "specificity", "score", "fluency",
-                                "wall_time_s", "delta_rel_err_vs_global"]
+                                "consistency", "wall_time_s", "delta_rel_err_vs_global"]
     assert len({len(line) for line in lines}) == 1  # every row padded to the same width
     assert lines[2].split()[0] == "global" and f"{summary['efficacy']:.2f}" in lines[2]
-    assert lines[3].split() == ["TIES", "3.00", "-", "-", "-", "-", "-", "4.200e-04"]
+    assert lines[3].split() == ["TIES", "3.00", "-", "-", "-", "-", "-", "-", "4.200e-04"]
     assert not math.isnan(summary["score"])
 
 
