@@ -7,8 +7,8 @@ For each prompt x, NLL(o|x) is the per-token mean NLL of " " + o after x (`targe
 Per record: the mean over its prompts. Summary: the mean over records, ×100, and `score`, the
 harmonic mean of the three success percentages.
 
-All prompts of all records go to the model in one batched `target_nll` call, deduplicated and
-sorted by length so that batches carry little padding.
+All prompts of all records go to the model in one batched `target_nll` call, deduplicated (it
+sorts them by length, so that batches carry little padding).
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ def record_prompts(record: dict) -> dict[str, list[str]]:
 
 
 def batched_nll(model, tok, pairs: list[tuple[str, str]], batch_size: int = 64) -> dict[tuple[str, str], float]:
-    """NLL of every distinct (prefix, target) pair, in one `target_nll` call sorted by length."""
-    unique = sorted(set(pairs), key=lambda p: (len(p[0]) + len(p[1]), p))
+    """NLL of every distinct (prefix, target) pair, in one `target_nll` call."""
+    unique = sorted(set(pairs))  # a fixed order, whatever the set's
     if not unique:
         return {}
     values = target_nll(model, tok, [p for p, _ in unique], [t for _, t in unique], batch_size=batch_size)

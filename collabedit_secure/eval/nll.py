@@ -38,35 +38,56 @@ def check_fits(length: int, limit: int | None, what: str) -> None:
 
 @torch.no_grad()
 def target_nll(model, tok, prefixes: list[str], targets: list[str], batch_size: int = 64) -> torch.Tensor:
-    """Mean per-token NLL of each target continuing its prefix; returns a float64 tensor of len(prefixes)."""
+    """Mean per-token NLL of each target continuing its prefix; returns a float64 tensor of len(prefixes).
+
+    Sequences go to the model shortest first, so a batch pads to about its own length (in the
+    world's knowledge check, unsorted batches padded to twice the tokens they held).
+    """
     if len(prefixes) != len(targets):
         raise ValueError(f"{len(prefixes)} prefixes but {len(targets)} targets")
-    device = next(model.parameters()).device
-    limit = context_limit(model)
+    prefix_ids, target_ids = tokenize_pairs(model, tok, prefixes, targets)
+    order = sorted(range(len(prefixes)), key=lambda i: len(prefix_ids[i]) + len(target_ids[i]))
     out = torch.empty(len(prefixes), dtype=torch.float64)
-    for start in range(0, len(prefixes), batch_size):
-        chunk = range(start, min(start + batch_size, len(prefixes)))
-        prefix_ids = [tok(prefixes[i])["input_ids"] for i in chunk]
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        out[chunk] = batch_nll(model, tok, [prefix_ids[i] for i in chunk], [target_ids[i] for i in chunk],
+                               lambda row: prefixes[chunk[row]])
+    return out
+
+
+def tokenize_pairs(model, tok, prefixes: list[str], targets: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids of each prefix and of its target as it follows the prefix, each checked to fit."""
+    limit = context_limit(model)
+    prefix_ids, target_ids = [], []
+    for prefix, target in zip(prefixes, targets):
+        p = tok(prefix)["input_ids"]
+        if not p:
+            raise ValueError(f"prefix {prefix!r} tokenises to nothing; there is no position to score from")
         # The target continues the prefix: its ids as they follow the prefix, with no BOS in front.
-        target_ids = [continuation_ids(tok, prefixes[i], " " + targets[i].strip()) for i in chunk]
-        for i, p in zip(chunk, prefix_ids):
-            if not p:
-                raise ValueError(f"prefix {prefixes[i]!r} tokenises to nothing; there is no position to score from")
-        seqs = [p + t for p, t in zip(prefix_ids, target_ids)]
-        for i, seq in zip(chunk, seqs):
-            check_fits(len(seq), limit, f"prompt {quoted(prefixes[i])} with target {quoted(targets[i])}")
-        width = max(len(s) for s in seqs)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):  # right padding: positions are counted from the start
-            input_ids[row, : len(seq)] = torch.tensor(seq)
-            attention[row, : len(seq)] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
-        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
-        for row, (p, t) in enumerate(zip(prefix_ids, target_ids)):
-            positions = torch.arange(len(p) - 1, len(p) + len(t) - 1)
-            token_logp = logp[row, positions, torch.tensor(t)]
-            check_finite(token_logp[None], lambda _: prefixes[start + row])
-            out[start + row] = -token_logp.double().mean()
+        t = continuation_ids(tok, prefix, " " + target.strip())
+        check_fits(len(p) + len(t), limit, f"prompt {quoted(prefix)} with target {quoted(target)}")
+        prefix_ids.append(p)
+        target_ids.append(t)
+    return prefix_ids, target_ids
+
+
+def batch_nll(model, tok, prefix_ids: list[list[int]], target_ids: list[list[int]], prompt_of) -> torch.Tensor:
+    """One right-padded forward pass; the mean NLL of each row's target tokens (float64)."""
+    device = next(model.parameters()).device
+    seqs = [p + t for p, t in zip(prefix_ids, target_ids)]
+    width = max(len(s) for s in seqs)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):  # right padding: positions are counted from the start
+        input_ids[row, : len(seq)] = torch.tensor(seq)
+        attention[row, : len(seq)] = 1
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+    out = torch.empty(len(seqs), dtype=torch.float64)
+    for row, (p, t) in enumerate(zip(prefix_ids, target_ids)):
+        # Only the positions that predict target tokens are normalised: the rest of the row is unused.
+        token_logp = torch.log_softmax(logits[row, len(p) - 1 : len(p) + len(t) - 1].float(), dim=-1)
+        token_logp = token_logp[torch.arange(len(t)), torch.tensor(t, device=logits.device)].cpu()
+        check_finite(token_logp[None], lambda _: prompt_of(row))
+        out[row] = -token_logp.double().mean()
     return out
