@@ -14,7 +14,9 @@ from collabedit_secure.world import build_world, load_default, open_or_build, ti
 from collabedit_secure.world.generator import generate_world
 from collabedit_secure.world.train import knowledge
 
-TINY = tiny_config(train_dtype="bfloat16")  # explicit: "auto" would follow the CPU
+# Explicit, since "auto" follows the CPU. float32 runs at full speed everywhere; bfloat16 is emulated
+# where the CPU lacks it (a tiny build takes 4x as long with AVX2 only), so only one test builds it.
+TINY = tiny_config(train_dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -49,20 +51,16 @@ def test_bundle_contents(tiny):
     assert knowledge(model, tok, checked) == {k: tiny.knowledge[k] for k in ("rewrite", "paraphrase", "neighborhood")}
 
 
-def test_bfloat16_training_saves_float32_weights(tiny):
+def test_bfloat16_training_learns_and_saves_float32_weights(tmp_path):
     """Autocast lowers only the matmuls; the weights written to the cache stay float32."""
     from safetensors import safe_open
 
-    assert TINY.train_dtype == "bfloat16"
-    with safe_open(str(tiny.model_dir / "model.safetensors"), framework="pt") as weights:
-        dtypes = {weights.get_slice(name).get_dtype() for name in weights.keys()}
-    assert dtypes == {"F32"}
-
-
-def test_float32_training_learns_too(tmp_path):
-    bundle = build_world(tmp_path / "fp32", tiny_config(train_dtype="float32"), progress=False)
+    bundle = build_world(tmp_path / "bf16", tiny_config(train_dtype="bfloat16"), progress=False)
     history = bundle.knowledge["history"]
     assert history[-1]["loss"] < history[0]["loss"] - 0.5
+    with safe_open(str(bundle.model_dir / "model.safetensors"), framework="pt") as weights:
+        dtypes = {weights.get_slice(name).get_dtype() for name in weights.keys()}
+    assert dtypes == {"F32"}
 
 
 def test_training_actually_learned_the_corpus(tiny):
@@ -72,7 +70,7 @@ def test_training_actually_learned_the_corpus(tiny):
     loss = model(input_ids=ids, labels=ids).loss.item()
     assert loss < torch.log(torch.tensor(float(len(tok)))).item() - 1.0
     history = tiny.knowledge["history"]
-    assert history[-1]["loss"] < history[0]["loss"]
+    assert history[-1]["loss"] < history[0]["loss"] - 0.5
 
 
 def test_cache_reuse_does_not_rebuild(tiny, cache_root):
