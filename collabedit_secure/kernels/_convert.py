@@ -144,6 +144,22 @@ def out_words(out: Any, n: int, name: str = "out") -> np.ndarray:
     return view.reshape(-1)
 
 
+def check_device_out(out: Any, n: int, near: Any = None, name: str = "out") -> None:
+    """A caller's GPU buffer for n uint64 words: the kernels write n words from its address, unchecked."""
+    require_dtype(out, name, ("uint64",))
+    on_gpu = getattr(out, "is_cuda", False) or type(out).__module__.startswith("cupy")
+    if not on_gpu:
+        raise ValueError(f"{name} must be on the GPU, as the data is")
+    size = out.numel() if isinstance(out, torch.Tensor) else out.size
+    if size != n:
+        raise ValueError(f"{name} has {size} elements; expected {n}")
+    if not (out.is_contiguous() if isinstance(out, torch.Tensor) else out.flags.c_contiguous):
+        raise ValueError(f"{name} must be C-contiguous")
+    device = lambda x: x.device.index if isinstance(x, torch.Tensor) else x.device.id  # noqa: E731
+    if near is not None and device(out) != device(near):
+        raise ValueError(f"{name} is on GPU {device(out)} but the data on GPU {device(near)}")
+
+
 def bad_value_error(values: np.ndarray, flat_index: int, scale_bits: int, bound: int) -> ValueError:
     where = np.unravel_index(flat_index, values.shape) if values.ndim > 1 else (flat_index,)
     value = float(values.reshape(-1)[flat_index])  # a numpy scalar would print as np.float64(...)

@@ -1,6 +1,6 @@
 """GPU adapter: passes device pointers of torch CUDA tensors or cupy arrays to _kernels_cuda.
 
-Arguments were already checked by api.py. Work is queued on the caller's current stream;
+Arguments (and a caller's `out`) were already checked by api.py. Work is queued on the caller's current stream;
 results stay on the device (no host round trip).
 """
 
@@ -102,13 +102,18 @@ def mask_encode(values, scale_bits, seeds, signs, out, bound):
     from ._convert import bad_value_error
 
     flat = _contiguous(values, "float64").reshape(-1)
-    words = _empty(values, tuple(values.shape), "uint64") if out is None else out
+    # The kernel finds a bad value while it writes, so it writes into a buffer of its own: a refused
+    # call leaves a caller's `out` as it was (one extra device copy when `out` is given).
+    words = _empty(values, tuple(values.shape), "uint64")
     bad = _module().mask_encode(_ptr(flat), flat.shape[0], scale_bits, bound, list(seeds), list(signs),
                                 _ptr(words), _stream(values))
     if bad >= 0:
         host = flat.cpu().numpy() if _is_torch(flat) else flat.get()
         raise bad_value_error(host.reshape(tuple(values.shape)), bad, scale_bits, bound)
-    return words
+    if out is None:
+        return words
+    out.reshape(words.shape)[...] = words  # out is contiguous (checked by the caller): a view
+    return out
 
 
 def _ring(a, b, out, subtract):

@@ -13,6 +13,7 @@ from ._convert import (
     all_finite,
     bad_value_error,
     check_bound,
+    check_device_out,
     check_length,
     check_peers,
     check_scale_bits,
@@ -211,6 +212,7 @@ def prg_mask(seed: bytes, n: int, out: Any = None) -> Any:
     seed, n = check_seed(seed, "seed"), check_length(n)
     backend = _backends.backend_for(out)
     if backend == "cuda":
+        check_device_out(out, n)
         return _cuda().prg_mask(seed, n, out)
     words = np.empty(n, np.uint64) if out is None else out_words(out, n)
     if backend == "reference":
@@ -242,6 +244,8 @@ def mask_encode(
         seeds, signs = [check_seed(self_seed, "self_seed"), *seeds], [1, *signs]
     backend = _backends.backend_for(values, out)
     if backend == "cuda":
+        if out is not None:
+            check_device_out(out, math.prod(values.shape), near=values)
         return _cuda().mask_encode(values, scale_bits, seeds, signs, out, bound)
     host = np.ascontiguousarray(to_numpy(values), dtype=np.float64)
     words = np.empty(host.size, np.uint64) if out is None else out_words(out, host.size)
@@ -301,6 +305,8 @@ def _ring_op(name: str, a: Any, b: Any, out: Any) -> Any:
         raise ValueError(f"a has shape {tuple(a.shape)} but b has shape {tuple(b.shape)}")
     backend = _backends.backend_for(a, b, out)
     if backend == "cuda":
+        if out is not None:
+            check_device_out(out, math.prod(a.shape), near=a)
         return getattr(_cuda(), name)(a, b, out)
     ha, hb = (np.ascontiguousarray(to_numpy(x)) for x in (a, b))
     words = np.empty(ha.shape, np.uint64) if out is None else out_words(out, ha.size).reshape(ha.shape)

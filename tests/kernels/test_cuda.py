@@ -91,6 +91,41 @@ def test_gpu_masking_is_bit_identical_to_cpu():
     np.testing.assert_array_equal(got.cpu().numpy(), want)
 
 
+def test_device_output_check_needs_a_uint64_gpu_buffer():
+    from collabedit_secure.kernels._convert import check_device_out
+
+    with pytest.raises(TypeError, match="^out has dtype float64; expected uint64$"):
+        check_device_out(np.zeros(3), 3)
+    with pytest.raises(ValueError, match="^out must be on the GPU, as the data is$"):
+        check_device_out(torch.zeros(3, dtype=torch.uint64), 3)
+
+
+@needs_gpu
+@pytest.mark.cuda
+def test_gpu_output_buffers_are_checked_and_kept_when_a_call_is_refused():
+    """The kernels write n words from out's address: a short, strided or host buffer would be
+    overrun or misread, so each is refused; a refused encode leaves the caller's buffer as it was."""
+    device_words = lambda *values: torch.from_numpy(np.array(values, np.uint64)).cuda()  # noqa: E731
+    values = torch.tensor([1.0, 2.0, float("nan")], dtype=torch.float64, device="cuda")
+    out = device_words(7, 7, 7)
+    with pytest.raises(ValueError, match=r"^value nan at index \(2,\)"):
+        kernels.mask_encode(values, 0, bytes(32), [], [], out=out)
+    np.testing.assert_array_equal(out.cpu().numpy(), [7, 7, 7])
+    good = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64, device="cuda")
+    assert kernels.mask_encode(good, 0, bytes(32), [], [], out=out) is out
+    np.testing.assert_array_equal(out.cpu().numpy(), kernels.mask_encode(good.cpu().numpy(), 0, bytes(32), [], []))
+    with pytest.raises(ValueError, match="^out has 2 elements; expected 3$"):
+        kernels.mask_encode(good, 0, None, [], [], out=out[:2])
+    with pytest.raises(ValueError, match="^out must be C-contiguous$"):
+        kernels.mask_encode(good, 0, None, [], [], out=device_words(*range(6))[::2])
+    with pytest.raises(ValueError, match="^out must be on the GPU, as the data is$"):
+        kernels.mask_encode(good, 0, None, [], [], out=np.zeros(3, np.uint64))
+    with pytest.raises(ValueError, match="^out has 3 elements; expected 4$"):
+        kernels.prg_mask(bytes(32), 4, out=out)
+    with pytest.raises(ValueError, match="^out has 2 elements; expected 3$"):
+        kernels.ring_add(out, out, out=out[:2])
+
+
 @needs_gpu
 @pytest.mark.cuda
 def test_gpu_operands_are_checked_on_the_device():
