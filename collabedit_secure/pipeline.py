@@ -13,7 +13,7 @@ import torch
 
 from .editing.adapters import ModelAdapter
 from .editing.covariance import (
-    SecondMoment, corpus_sample, export_memit_stats, import_memit_stats, layer_stats,
+    SecondMoment, check_stats_identity, corpus_sample, export_memit_stats, import_memit_stats, layer_stats,
 )
 from .editing.hparams import MemitHparams
 from .editing.tokens import check_tokenizer, context_limit
@@ -140,7 +140,8 @@ def covariances(loaded: LoadedModel, hparams: MemitHparams, corpus: str = "world
         if stats_dir is not None:
             path = stats_file(Path(stats_dir), name, hparams)
             stat = import_memit_stats(path)
-            sources[name] = str(path.resolve())
+            note = check_stats_identity(stat, path, name, loaded.model)
+            sources[name] = str(path.resolve()) + (f" ({note})" if note else "")
         else:
             texts = texts if texts is not None else read_corpus(corpus, loaded)
             stat = layer_stats(loaded.model, loaded.tok, name, texts,

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from collabedit_secure.cli import main
+from collabedit_secure.editing.covariance import StatsMismatchError
 from collabedit_secure.eval.report import evaluate_dataset
 from collabedit_secure.pipeline import covariances, default_hparams, load_model
 
@@ -234,6 +235,12 @@ def test_a_local_model_directory_through_stats_edit_and_simulate(default_world, 
     assert main(["edit", *common, "--requests", str(requests), "--stats", str(stats), "--out", str(edited)]) == 0
     meta = json.loads((edited / "edit_meta.json").read_text())
     assert meta["base_model"] == model and all(Path(f).parent == stats for f in meta["stats_files"].values())
+    # Each file says which layer it is of: one renamed to another layer's name is refused.
+    first, second = (stats / f"transformer.h.{i}.mlp.c_proj_float32_mom2_96.npz" for i in (0, 1))
+    second.write_bytes(first.read_bytes())
+    with pytest.raises(StatsMismatchError, match=r"holds the statistics of transformer.h.0.mlp.c_proj, not of "
+                                                 r"transformer.h.1.mlp.c_proj \(a renamed file\?\)"):
+        covariances(loaded, hp, stats_dir=stats)
 
     out = tmp_path / "sim.json"
     assert main(["simulate", *common, "--dataset", str(dataset), "--corpus", str(corpus), "--parties", "2",

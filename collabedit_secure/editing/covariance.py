@@ -9,13 +9,13 @@ ours export.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import random
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..kernels import covariance_accumulate
-from .fingerprint import config_digest, tokenizer_digest, weights_digest
+from .fingerprint import config_digest, layout_digest, tokenizer_digest, weights_digest
 from .hooks import run_until_stop, trace
 from .tokens import context_limit
 
@@ -37,10 +37,24 @@ class CorruptStatsError(ValueError):
     """A statistics file cannot be read or fails its checksum."""
 
 
-@dataclass
+class StatsMismatchError(ValueError):
+    """A statistics file belongs to another layer or another architecture than it is used for."""
+
+
+# Identity that our files carry beside MEMIT's keys (MEMIT's loader reads only the keys it knows).
+IDENTITY_KEYS = {"layer": "collabedit.layer", "architecture": "collabedit.architecture",
+                 "model": "collabedit.model"}
+
+
+@dataclasses.dataclass
 class SecondMoment:
     mom2: torch.Tensor  # raw sum of k kᵀ, float64, d x d
     count: int  # number of keys summed
+    # Where it was computed: module name, layout_digest (architecture) and weights_digest of the model.
+    # None when unknown (MEMIT's published files do not say).
+    layer: str | None = None
+    architecture: str | None = None
+    model: str | None = None
 
     def moment(self) -> torch.Tensor:
         if self.count <= 0:
@@ -81,8 +95,21 @@ def export_memit_stats(stat: SecondMoment, path: str | Path, dtype=np.float32,
     }
     if sample_size is not None:
         arrays["sample_size"] = np.array(sample_size)
+    for field, key in IDENTITY_KEYS.items():
+        if getattr(stat, field) is not None:
+            arrays[key] = np.array(getattr(stat, field))
     _atomic_savez(path, **arrays)
     return path
+
+
+def _read_identity(path, data) -> dict[str, str | None]:
+    identity = {}
+    for field, key in IDENTITY_KEYS.items():
+        value = data[key] if key in data else None
+        if value is not None and (value.ndim != 0 or value.dtype.kind != "U"):
+            raise CorruptStatsError(f"{path}: {key} must be one string, got {value.dtype} of shape {value.shape}")
+        identity[field] = None if value is None else str(value)
+    return identity
 
 
 def import_memit_stats(path: str | Path) -> SecondMoment:
@@ -93,6 +120,7 @@ def import_memit_stats(path: str | Path) -> SecondMoment:
         with np.load(path, allow_pickle=False) as data:
             prefix = "mom2." if "mom2.mom2" in data else ""
             mom2, count = data[prefix + "mom2"], data[prefix + "count"]
+            identity = _read_identity(path, data)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         raise CorruptStatsError(f"{path}: not a readable MEMIT second-moment file ({err})") from err
     if mom2.ndim != 2 or mom2.shape[0] != mom2.shape[1]:
@@ -107,7 +135,24 @@ def import_memit_stats(path: str | Path) -> SecondMoment:
     if asymmetry > 1e-4:
         raise CorruptStatsError(f"{path}: mom2 is not symmetric (max |A - Aᵀ| is {asymmetry:.1e} of max |A|), "
                                 "so it is not a sum of k kᵀ")
-    return SecondMoment(torch.from_numpy(mom2.astype(np.float64)), int(count))
+    return SecondMoment(torch.from_numpy(mom2.astype(np.float64)), int(count), **identity)
+
+
+def check_stats_identity(stat: SecondMoment, path, layer_name: str, model) -> str | None:
+    """Refuse a file made for another layer or architecture; return a note if other weights made it.
+
+    Other weights of the same architecture are MEMIT's usual case (statistics of the base model,
+    reused for its fine-tunes and for every round of editing), so they are noted, not refused.
+    """
+    if stat.layer is not None and stat.layer != layer_name:
+        raise StatsMismatchError(f"{path} holds the statistics of {stat.layer}, not of {layer_name} "
+                                 "(a renamed file?)")
+    if stat.architecture is not None and stat.architecture != layout_digest(model):
+        raise StatsMismatchError(f"{path} was computed on a model of another architecture (its digest "
+                                 f"{stat.architecture} is not this model's {layout_digest(model)})")
+    if stat.model is not None and stat.model != weights_digest(model):
+        return f"computed on other weights of this architecture ({stat.model})"
+    return None
 
 
 def corpus_digest(texts: list[str]) -> str:
@@ -119,7 +164,7 @@ def corpus_digest(texts: list[str]) -> str:
     return hasher.hexdigest()
 
 
-@dataclass
+@dataclasses.dataclass
 class StatsCache:
     """Files of one statistic: final npz + checksum sidecar, and the resumable partial sum."""
 
@@ -252,9 +297,10 @@ def layer_stats(model, tok, layer_name: str, texts: list[str], *, n_samples: int
     directory = cache_root(cache_dir) / "stats"
     directory.mkdir(parents=True, exist_ok=True)
     cache = StatsCache(directory, f"{layer_name}_mom2_{len(texts)}_{key}")
+    identity = dict(layer=layer_name, architecture=layout_digest(model), model=info["model"])
     cached = cache.load()
-    if cached is not None:
-        return cached
+    if cached is not None:  # the key hashes the identity, so files cached before it was stored get it too
+        return dataclasses.replace(cached, **identity)
 
     was_training = model.training
     model.eval()
@@ -272,6 +318,6 @@ def layer_stats(model, tok, layer_name: str, texts: list[str], *, n_samples: int
                 on_batch(position)
     finally:
         model.train(was_training)
-    stat = SecondMoment(acc, count)
+    stat = SecondMoment(acc, count, **identity)
     cache.store(stat, info)
     return stat

@@ -21,6 +21,15 @@ def architecture_digest(model) -> str:
     return hasher.hexdigest()
 
 
+def layout_digest(model) -> str:
+    """Model type, parameter names and shapes, not dtypes: one checkpoint in any precision."""
+    hasher = hashlib.blake2b(digest_size=16)
+    hasher.update(str(getattr(model.config, "model_type", type(model).__name__)).encode())
+    for name, tensor in model.state_dict().items():
+        hasher.update(f"{name}:{tuple(tensor.shape)};".encode())
+    return hasher.hexdigest()
+
+
 def weights_digest(model, names: list[str] | None = None) -> str:
     """Architecture plus the bytes of the named state-dict entries (all of them when names is None)."""
     state = model.state_dict()

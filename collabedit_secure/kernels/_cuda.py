@@ -1,7 +1,7 @@
 """GPU adapter: passes device pointers of torch CUDA tensors or cupy arrays to _kernels_cuda.
 
-Arguments (and a caller's `out`) were already checked by api.py. Work is queued on the caller's current stream;
-results stay on the device (no host round trip).
+Arguments (and a caller's `out`) were already checked by api.py. Work is queued on the caller's
+current stream; results stay on the device (no host round trip).
 """
 
 from __future__ import annotations

@@ -12,7 +12,10 @@ import transformers
 from tokenizers import processors
 
 from collabedit_secure.editing import SecondMoment, export_memit_stats, import_memit_stats, layer_stats
-from collabedit_secure.editing.covariance import CorruptStatsError, corpus_sample
+from collabedit_secure.editing.covariance import (
+    CorruptStatsError, StatsMismatchError, check_stats_identity, corpus_sample,
+)
+from collabedit_secure.editing.fingerprint import layout_digest, weights_digest
 
 from .conftest import corpus, make_tokenizer, tiny_model
 
@@ -142,6 +145,43 @@ def test_memit_npz_round_trip(tmp_path):
     (tmp_path / "cut.npz").write_bytes(path.read_bytes()[:200])  # a download cut short: zip magic, no directory
     with pytest.raises(CorruptStatsError, match="cut.npz"):
         import_memit_stats(tmp_path / "cut.npz")
+
+
+def test_our_files_say_which_layer_and_model_they_are_of(tok, tmp_path):
+    """MEMIT's files carry no identity (accepted as they are); ours name their layer, architecture and
+    weights, so a renamed file or one of another model is caught before it becomes C0."""
+    model = tiny_model("gpt2", tok)
+    name = "transformer.h.1.mlp.c_proj"
+    stat = layer_stats(model, tok, name, corpus()[:8], batch_size=4, cache_dir=tmp_path, progress=False)
+    assert (stat.layer, stat.architecture, stat.model) == (name, layout_digest(model), weights_digest(model))
+    again = layer_stats(model, tok, name, corpus()[:8], batch_size=4, cache_dir=tmp_path, progress=False)
+    assert torch.equal(again.mom2, stat.mom2)  # read from the cache, identity included
+    assert (again.layer, again.architecture, again.model) == (stat.layer, stat.architecture, stat.model)
+
+    path = export_memit_stats(stat, tmp_path / "a.npz")
+    back = import_memit_stats(path)
+    assert (back.layer, back.architecture, back.model) == (stat.layer, stat.architecture, stat.model)
+    assert check_stats_identity(back, path, name, model) is None
+    with pytest.raises(StatsMismatchError, match=r"a.npz holds the statistics of transformer.h.1.mlp.c_proj, "
+                                                 r"not of transformer.h.2.mlp.c_proj"):
+        check_stats_identity(back, path, "transformer.h.2.mlp.c_proj", model)
+    with pytest.raises(StatsMismatchError, match="another architecture"):
+        check_stats_identity(back, path, name, tiny_model("gpt_neox", tok))
+    assert check_stats_identity(back, path, name, copy.deepcopy(model).double()) is not None  # precision: noted
+    retrained = copy.deepcopy(model)
+    with torch.no_grad():
+        retrained.transformer.wte.weight[0, 0] += 1.0
+    assert check_stats_identity(back, path, name, retrained) == \
+        f"computed on other weights of this architecture ({weights_digest(model)})"
+
+    np.savez(tmp_path / "memit.npz", mom2=np.eye(3), count=np.array(3))
+    memit = import_memit_stats(tmp_path / "memit.npz")
+    assert (memit.layer, memit.architecture, memit.model) == (None, None, None)
+    assert check_stats_identity(memit, "memit.npz", name, model) is None
+    np.savez(tmp_path / "odd.npz", mom2=np.eye(3), count=np.array(3), **{"collabedit.layer": np.array([1, 2])})
+    with pytest.raises(CorruptStatsError, match=r"odd.npz: collabedit.layer must be one string, "
+                                                r"got int64 of shape \(2,\)"):
+        import_memit_stats(tmp_path / "odd.npz")
 
 
 @pytest.mark.parametrize("mom2, count, message", [
