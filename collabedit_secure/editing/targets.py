@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .adapters import ModelAdapter
 from .fingerprint import weights_digest
-from .hooks import edit_output, trace
+from .hooks import edit_output, replay_outputs, trace
 from .hparams import MemitHparams
 from .requests import EditRequest, RequestError
 from .tokens import context_limit, continuation_ids, encode_ids, quoted, subject_last_index
@@ -108,11 +108,13 @@ def compute_z(model, tok, adapter: ModelAdapter, hp: MemitHparams, request: Edit
         return hidden
 
     losses = []
-    with frozen(model), torch.enable_grad():
+    # Blocks up to z_layer see the same inputs in every step: run once, replayed after.
+    constant = [adapter.layer_name(layer) for layer in range(hp.z_layer + 1)]
+    with frozen(model), torch.enable_grad(), replay_outputs(model, constant):
         for step in range(hp.v_num_grad_steps):
             optimizer.zero_grad()
             with edit_output(model, z_name, add_delta), trace(model, [loss_name], "output") as seen:
-                logits = model(**batch.model_inputs()).logits
+                logits = model(**batch.model_inputs(), use_cache=False).logits
             # NLL from block loss_layer through ln_f and the unembedding (MEMIT's loss path).
             logp = torch.log_softmax(adapter.unembed(model, seen[loss_name][:n_rw]), dim=-1)
             mask = labels != -100

@@ -467,6 +467,30 @@ def test_compute_z_raises_target_probability(gpt2_f64, tok):
     assert (result.z - result.z_init).norm() <= hp.clamp_norm_factor * result.z_init.norm() * (1 + 1e-9)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_compute_z_replays_the_constant_blocks_bit_for_bit(family, tok, monkeypatch):
+    """The blocks up to z_layer run once and are replayed: z, z_init and every loss are those of
+    passes that run every block, and the model's blocks run as before afterwards."""
+    import contextlib
+
+    from collabedit_secure.editing import targets
+
+    model = tiny_model(family, tok, torch.float64)
+    hp = tiny_hparams(v_num_grad_steps=6)
+    adapter = ModelAdapter.from_model(model, hp)
+    request, templates = tiny_requests(1)[0], [["{}"], ["Because {}", "So {}"]]
+    block = model.get_submodule(adapter.layer_name(0))
+    runs = []  # a module inside the block runs only when the block really computes
+    next(block.children()).register_forward_hook(lambda *_: runs.append(1))
+    replayed = compute_z(model, tok, adapter, hp, request, templates)
+    assert len(runs) == 1 and "forward" not in block.__dict__
+    monkeypatch.setattr(targets, "replay_outputs", lambda *_: contextlib.nullcontext())
+    full = compute_z(model, tok, adapter, hp, request, templates)
+    assert len(runs) == 1 + len(full.losses) > 2
+    assert replayed.losses == full.losses
+    assert torch.equal(replayed.z, full.z) and torch.equal(replayed.z_init, full.z_init)
+
+
 def _half_precision_llama(tok):
     """bfloat16 weights with float32 rotary buffers, as from_pretrained(dtype=torch.bfloat16) loads it."""
     model = tiny_model("llama", tok)
