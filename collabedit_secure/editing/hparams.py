@@ -17,7 +17,8 @@ EASYEDIT_ONLY_KEYS = frozenset(
     {"alg_name", "model_name", "device", "stats_dir", "model_parallel", "fp16", "max_length", "batch_size"}
 )
 SUPPORTED_FACT_TOKENS = ("subject_last",)
-_FLOAT_FIELDS = ("v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor", "mom2_update_weight")
+_FLOAT_FIELDS = ("v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor", "mom2_update_weight",
+                 "v_early_stop_loss")
 _INT_FIELDS = ("v_loss_layer", "v_num_grad_steps", "mom2_n_samples", "context_template_seed", "mom2_batch_size",
                "mom2_max_length")
 
@@ -52,6 +53,9 @@ class MemitHparams:
     v_weight_decay: float = 0.5
     clamp_norm_factor: float = 0.75
     kl_factor: float = 0.0625
+    # Ours: compute_z stops once its loss is below this (MEMIT hard-codes 5e-2). A lower value spends
+    # more steps so that a target is met with margin when the solve only partly realises it.
+    v_early_stop_loss: float = 5e-2
     mom2_adjustment: bool = True  # read for MEMIT-file compatibility; C0 is always used, as in MEMIT
     mom2_update_weight: float = 20000.0
     # Module templates; None means "the model family's default" (see adapters.FAMILIES).
@@ -125,7 +129,7 @@ class MemitHparams:
                 expected = "exactly one '{}' for the layer index" if slots else "no '{}' (one module, not per layer)"
                 raise HparamsError(f"{name}_module{'_tmp' if slots else ''} must be a module path with "
                                    f"{expected}, got {template!r}")
-        for name in ("v_weight_decay", "kl_factor"):
+        for name in ("v_weight_decay", "kl_factor", "v_early_stop_loss"):
             if getattr(self, name) < 0:
                 raise HparamsError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.mom2_dtype not in ("float16", "bfloat16", "float32", "float64"):

@@ -3,7 +3,8 @@ last token, that makes the model say target_new.
 
 A vector delta is added to block z_layer's output at the subject's last token of every prompt and
 optimised (Adam) for NLL(target) + kl_factor * KL(P_cur || P_init) + weight decay, with delta kept in
-a ball of radius clamp_norm_factor * ||z_init||. Returns z = z_init + delta.
+a ball of radius clamp_norm_factor * ||z_init||, until the loss is below v_early_stop_loss or
+v_num_grad_steps passes have run. Returns z = z_init + delta.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from .requests import EditRequest, RequestError
 from .tokens import context_limit, continuation_ids, encode_ids, quoted, subject_last_index
 
 KL_PROMPT = "{} is a"
-EARLY_STOP_LOSS = 5e-2
 
 
 @dataclass
@@ -129,7 +129,7 @@ def compute_z(model, tok, adapter: ModelAdapter, hp: MemitHparams, request: Edit
             weight_decay = hp.v_weight_decay * (delta.norm() / z_init.norm() ** 2)
             loss = nll + kl + weight_decay
             losses.append(loss.item())
-            if loss.item() < EARLY_STOP_LOSS or step == hp.v_num_grad_steps - 1:
+            if loss.item() < hp.v_early_stop_loss or step == hp.v_num_grad_steps - 1:
                 break
             loss.backward()
             optimizer.step()

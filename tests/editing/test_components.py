@@ -203,6 +203,8 @@ def test_hparams_types_are_checked_on_arrival(field, value, problem):
     ("mom2_max_length", 0, r"mom2_max_length must be >= 1 \(or null"),
     ("layer_selection", "random", "layer_selection 'random' is not supported"),
     ("mom2_adjustment", "yes", "mom2_adjustment must be true or false, got 'yes'"),
+    ("v_early_stop_loss", -0.01, "v_early_stop_loss must be >= 0, got -0.01"),
+    ("v_early_stop_loss", "low", "v_early_stop_loss must be a number, got 'low'"),
 ])
 def test_hparams_out_of_range_are_named(field, value, problem):
     with pytest.raises(HparamsError, match=f"^{problem}"):
@@ -465,6 +467,21 @@ def test_compute_z_raises_target_probability(gpt2_f64, tok):
     result = compute_z(gpt2_f64, tok, adapter, hp, request, [["{}"]])
     assert result.losses[-1] < result.losses[0] - 0.1, result.losses
     assert (result.z - result.z_init).norm() <= hp.clamp_norm_factor * result.z_init.norm() * (1 + 1e-9)
+
+
+def test_compute_z_stops_at_the_early_stop_loss(gpt2_f64, tok):
+    """MEMIT's rule: a pass whose loss is below the threshold ends the optimisation, unstepped."""
+    adapter = ModelAdapter.from_model(gpt2_f64, tiny_hparams())
+    request = tiny_requests(1)[0]
+    full = compute_z(gpt2_f64, tok, adapter, tiny_hparams(v_num_grad_steps=8, v_early_stop_loss=0), request, [["{}"]])
+    assert len(full.losses) == 8 and min(full.losses) > 0
+    threshold = (full.losses[3] + full.losses[4]) / 2  # between the 4th and 5th losses, which fall
+    assert full.losses[3] > threshold > full.losses[4]
+    hp = tiny_hparams(v_num_grad_steps=8, v_early_stop_loss=threshold)
+    early = compute_z(gpt2_f64, tok, adapter, hp, request, [["{}"]])
+    assert early.losses == full.losses[:5]
+    assert not torch.equal(early.z, full.z)
+    assert tiny_hparams(v_early_stop_loss="2e-2").v_early_stop_loss == 0.02  # YAML 1.1's string
 
 
 @pytest.mark.parametrize("family", FAMILIES)
