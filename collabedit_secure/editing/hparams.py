@@ -73,10 +73,11 @@ class MemitHparams:
     context_template_length_params: list[list[int]] = field(default_factory=lambda: [[10, 5]])
     mom2_batch_size: int = 16
     mom2_max_length: int | None = None  # None: the model's n_positions
-    # Ours: the precision of the editing forward passes (keys, targets). "float64" runs them on a
-    # float64 copy of the weights, so that in the sequential schedule round-off differences between
-    # two aggregation orders (collaborative vs global) cannot flip float32 roundings of the edited
-    # weights and cascade through later layers. Small models only: it doubles memory and time.
+    # Ours: the precision of the key passes. "float64" runs them on a float64 copy of the weights, so
+    # that in the sequential schedule round-off differences between two aggregation orders
+    # (collaborative vs global) cannot flip float32 roundings of the edited weights and cascade
+    # through later layers. Small models only: it doubles memory and time. Targets (compute_z) run
+    # on the unedited weights in the model's own precision: no aggregation comes before them.
     edit_dtype: str = "float32"
 
     def __post_init__(self) -> None:

@@ -167,16 +167,20 @@ def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0
         log.warning(warning)
 
     dtypes = _float_dtypes(model)
-    if hparams.edit_dtype == "float64":
-        model.double()  # exact: every float32 value is a float64, and converts back unchanged
-    originals = {layer: adapter.weight_out_in(model, layer).detach().clone() for layer in layers}
+    originals: dict[int, torch.Tensor] = {}
     was_training = model.training
     model.eval()
     try:
         workers = [PartyWorker(model, tok, list(p), hparams, templates, adapter, keep_factors, target_cache)
                    for p in parties]
+        # Targets in the model's own precision, as MEMIT: each is a function of the unedited weights
+        # and one request, so every party and global editing get the same z in any precision. The
+        # float64 copy is for the keys, which see the updates of earlier layers.
         for worker in workers:
             worker.compute_targets()
+        if hparams.edit_dtype == "float64":
+            model.double()  # exact: every float32 value is a float64, and converts back unchanged
+        originals = {layer: adapter.weight_out_in(model, layer).detach().clone() for layer in layers}
         if schedule == "parallel":
             updates, s_kk, kept = _run_parallel(workers, layers, names, c0, c_acc, lam, aggregate)
         else:

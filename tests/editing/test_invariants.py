@@ -113,18 +113,25 @@ def test_sequential_differs_from_parallel(gpt2_f64, tok):
     assert rel_err(seq[last], par[last]) > 1e-3
 
 
-def test_float64_editing_of_a_float32_model(tok):
-    """edit_dtype float64 edits exactly as on a float64 copy, and hands the float32 model back intact."""
+def test_float64_editing_of_a_float32_model(tok, monkeypatch):
+    """edit_dtype float64 optimises the targets on the float32 weights (as MEMIT) and then edits
+    exactly as on a float64 copy; the float32 model is handed back intact."""
+    from collabedit_secure.editing import memit
+
     model = tiny_model("gpt2", tok)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model64 = copy.deepcopy(model).double()
     hp32, hp64 = tiny_hparams(layers=[1, 2, 3]), tiny_hparams(layers=[1, 2, 3], edit_dtype="float64")
     _, c0, templates = setup(model64, tok, hp32)
     requests = [tiny_requests(4)]
-    got = edit(model, tok, requests, hp64, c0, "sequential", templates=templates).delta.weights
+    result = edit(model, tok, requests, hp64, c0, "sequential", templates=templates)
+    in_float32 = edit(model, tok, requests, hp32, c0, "sequential", templates=templates)
+    assert torch.equal(result.targets[0], in_float32.targets[0])
+    # The float64 copy, handed the same targets, gives the same update.
+    monkeypatch.setattr(memit, "compute_targets", lambda *args: result.targets[0])
     want = edit(model64, tok, requests, hp32, c0, "sequential", templates=templates).delta.weights
     for name, update in want.items():
-        assert rel_err(got[name], update) <= 1e-12, name
+        assert rel_err(result.delta.weights[name], update) <= 1e-12, name
     after = model.state_dict()
     for key, value in before.items():
         assert after[key].dtype == value.dtype and torch.equal(after[key], value), key
