@@ -150,7 +150,7 @@ def test_every_shipped_hparams_file_loads():
     assert {"default-world", "default-world-parallel", "gpt2-xl", "gpt-j-6b", "llama"} <= set(names)
     loaded = {name: MemitHparams.builtin(name) for name in names}
     parallel, sequential = loaded["default-world-parallel"].to_dict(), loaded["default-world"].to_dict()
-    assert {k for k in parallel if parallel[k] != sequential[k]} == {"mom2_update_weight"}
+    assert {k for k in parallel if parallel[k] != sequential[k]} == {"mom2_update_weight", "v_early_stop_loss"}
 
 
 def test_embedded_default_hparams_follow_the_schedule():
@@ -159,7 +159,7 @@ def test_embedded_default_hparams_follow_the_schedule():
     loaded = LoadedModel(model=None, tok=None, name="default (/cache/world-0123/model)", embedded=True)
     assert default_hparams(loaded, schedule="parallel") == MemitHparams.builtin("default-world-parallel")
     assert default_hparams(loaded, schedule="sequential") == MemitHparams.builtin("default-world")
-    assert default_hparams(loaded).mom2_update_weight == 300
+    assert default_hparams(loaded).mom2_update_weight == 700
 
 
 def test_hparams_validation():
