@@ -53,11 +53,13 @@ def _batch(enc, device) -> Batch:
 
 
 def subject_last_index(tok, template: str, subject: str) -> int:
-    """Index of the subject's last token in `template.format(subject)`.
+    """Index of the subject's last token in `template.format(subject)`: the token holding its last character.
 
-    The text up to the subject's end is tokenised as one string (CollabEdit v1.1's rule, spec 1.4),
-    with the special tokens the full prompt gets (a BOS, if the tokenizer adds one). MEMIT's rule
-    tokenises prefix and " " + subject separately; that agrees for byte-level BPE (GPT-2, GPT-J,
+    A fast tokenizer says where each token lies in the text, which also finds a token that runs past
+    the subject's end ("Pari" in "Parisian"). Otherwise the text up to the subject's end is tokenised as
+    one string (CollabEdit v1.1's rule, spec 1.4), with the special tokens the full prompt gets (a BOS,
+    if the tokenizer adds one); the two agree wherever that text's tokens start the prompt's. MEMIT's
+    rule tokenises prefix and " " + subject separately; that agrees for byte-level BPE (GPT-2, GPT-J,
     GPT-NeoX), but SentencePiece tokenizers (Llama, Mistral) give the lone word an extra "▁" token
     and the index lands one past the subject.
     """
@@ -66,6 +68,12 @@ def subject_last_index(tok, template: str, subject: str) -> int:
     if not subject.strip():
         raise ValueError("subject is empty")
     prefix = template[: template.index("{}")]
+    if getattr(tok, "is_fast", False):
+        last_char = len(prefix) + len(subject.rstrip()) - 1
+        spans = tok(template.format(subject), return_offsets_mapping=True)["offset_mapping"]
+        holding = [i for i, (start, end) in enumerate(spans) if start <= last_char < end]
+        if holding:
+            return holding[-1]
     return len(tok(prefix + subject)["input_ids"]) - 1
 
 

@@ -373,6 +373,21 @@ def test_subject_index_is_the_subjects_last_token(kind, tok):
                 assert start < subject_end <= end, (kind, text, index, offsets)
 
 
+@pytest.mark.parametrize("kind, subject, rest", [("byte-level", "Google", "r"), ("sentencepiece-style", "Pari", "sian")])
+def test_subject_index_finds_a_token_that_runs_past_the_subject(kind, subject, rest, tok):
+    """A subject that ends inside a token ("Google" in "Googler"): the text up to the subject's end
+    tokenises apart from the prompt, and only the offsets find the token holding its last character."""
+    tokenizer = tok if kind == "byte-level" else make_sentencepiece_style_tokenizer()
+    template = "The mother tongue of {}" + rest + " is"
+    offsets = tokenizer(template.format(subject), return_offsets_mapping=True)["offset_mapping"]
+    last_char = template.index("{}") + len(subject) - 1
+    holding = [i for i, (start, end) in enumerate(offsets) if start <= last_char < end]
+    assert holding and offsets[holding[0]][1] > last_char + 1  # the case exists: a token spans the end
+    prefix_rule = len(tokenizer("The mother tongue of " + subject)["input_ids"]) - 1
+    assert prefix_rule != holding[0]
+    assert subject_last_index(tokenizer, template, subject) == holding[0]
+
+
 @pytest.mark.parametrize("kind", ["byte-level", "sentencepiece-style"])
 def test_targets_are_the_tokens_that_follow_the_prompt(kind, tok):
     tokenizer = tok if kind == "byte-level" else make_sentencepiece_style_tokenizer()
