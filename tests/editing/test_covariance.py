@@ -295,7 +295,7 @@ def test_stats_file_prefers_the_hparams_sample_count_and_never_guesses(tmp_path)
     with pytest.raises(FileNotFoundError, match=f"expected {name}_float32_mom2_100.npz"):
         stats_file(tmp_path, name, hparams)
     (tmp_path / f"{name}_float32_mom2_50.npz").touch()
-    (tmp_path / f"transformer.h.10.mlp.c_proj_float32_mom2_100.npz").touch()  # another layer
+    (tmp_path / "transformer.h.10.mlp.c_proj_float32_mom2_100.npz").touch()  # another layer
     assert stats_file(tmp_path, name, hparams).name == f"{name}_float32_mom2_50.npz"  # the only one
     (tmp_path / f"{name}_float64_mom2_70.npz").touch()
     with pytest.raises(ValueError, match="several statistics .*_mom2_50.npz, .*_mom2_70.npz"):

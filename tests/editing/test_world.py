@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from collabedit_secure.editing import MemitHparams, ModelAdapter, edit, layer_stats, requests_from_records
 from collabedit_secure.eval.nll import target_nll
