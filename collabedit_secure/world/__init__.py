@@ -26,7 +26,7 @@ The default world (WorldConfig()):
   of rewrite, paraphrase and neighbourhood prompts prefer the true object to target_new under the
   CounterFact per-token NLL rule (checked after every epoch on 200 records, then on 1,000 in
   float32). Where the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX) the matmuls run in
-  bfloat16 (float32 weights): 6 epochs, about 6-6.5 minutes on 2 cores; elsewhere in float32, since
+  bfloat16 (float32 weights): 6 epochs, 6.5-13 minutes on 2 cores by machine; elsewhere in float32, since
   emulated bfloat16 is slower (about 20x on AVX2-only CPUs). The two precisions train different models, cached apart.
 
 Entry points: `load_default()` (cached), `build_world(out_dir, config)`, `open_or_build(out_dir)`,
