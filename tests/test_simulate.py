@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from collabedit_secure.simulate import SimulationConfig, relative_errors, split_cases
+from collabedit_secure.simulate import SimulationConfig, _float32_drift_note, relative_errors, split_cases
 
 
 def records(subjects: list[str]) -> list[dict]:
@@ -70,3 +70,13 @@ def test_baseline_rows_merge_local_edits_of_the_round_s_model(default_world):
                 module = get_module(experiment.model, name)  # the next round starts from this round's merge
                 with torch.no_grad():
                     module.weight += (update.T if ModelAdapter.is_transposed(module) else update).float()
+
+
+def test_float32_drift_is_explained_only_where_a_later_round_exceeds_the_bound():
+    float32, float64 = SimulationConfig(rounds=3), SimulationConfig(rounds=3, float64_weights=True)
+    drifted = [2.2e-14, 1.0e-12, 3.9e-7]
+    note = _float32_drift_note(drifted, float32)
+    assert "3.9e-07 in round 3" in note and "round 1: 2.2e-14" in note and "--float64-weights" in note
+    assert _float32_drift_note(drifted, float64) is None  # nothing is rounded between rounds there
+    assert _float32_drift_note([2.2e-14, 1.0e-12, 4.0e-12], float32) is None
+    assert _float32_drift_note([3.0e-9], SimulationConfig()) is None  # one round: the bound itself speaks
