@@ -177,7 +177,7 @@ class Experiment:
             requests = [_requests(p) for p in parties]
             if method in ("collabedit", "global"):
                 result = self._edit(requests if method == "collabedit" else [sum(requests, [])], c_acc)
-                c_acc = update_dynamic_covariance(c_acc, result.s_kk, self.hparams.mom2_update_weight)
+                c_acc = update_dynamic_covariance(c_acc, result.s_kk, result.lambdas)
                 delta = result.delta
             else:  # every party edits alone from the same model; the server merges their Δ_i
                 local = [self._edit([party]).delta for party in requests]

@@ -17,8 +17,7 @@ EASYEDIT_ONLY_KEYS = frozenset(
     {"alg_name", "model_name", "device", "stats_dir", "model_parallel", "fp16", "max_length", "batch_size"}
 )
 SUPPORTED_FACT_TOKENS = ("subject_last",)
-_FLOAT_FIELDS = ("v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor", "mom2_update_weight",
-                 "v_early_stop_loss")
+_FLOAT_FIELDS = ("v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor", "v_early_stop_loss")
 _INT_FIELDS = ("v_loss_layer", "v_num_grad_steps", "mom2_n_samples", "context_template_seed", "mom2_batch_size",
                "mom2_max_length")
 
@@ -36,6 +35,18 @@ def _as_int(name: str, value):
     if number is None or not number.is_integer():
         raise HparamsError(f"{name} must be an integer, got {value!r}")
     return int(number)
+
+
+def _as_lambda(value) -> float | list[float]:
+    """mom2_update_weight: a number, or a list of numbers (one per layer); YAML 1.1 strings read."""
+    try:
+        if isinstance(value, (list, tuple)):
+            return [float(v) for v in value]
+        if not isinstance(value, bool):
+            return float(value)
+    except (TypeError, ValueError):
+        pass
+    raise HparamsError(f"mom2_update_weight must be a number or a list of numbers (one per layer), got {value!r}")
 
 
 class HparamsError(ValueError):
@@ -57,7 +68,8 @@ class MemitHparams:
     # more steps so that a target is met with margin when the solve only partly realises it.
     v_early_stop_loss: float = 5e-2
     mom2_adjustment: bool = True  # read for MEMIT-file compatibility; C0 is always used, as in MEMIT
-    mom2_update_weight: float = 20000.0
+    # lambda, the weight of C0. Ours: also a list, one per edited layer (MEMIT uses one for all).
+    mom2_update_weight: float | list[float] = 20000.0
     # Module templates; None means "the model family's default" (see adapters.FAMILIES).
     rewrite_module_tmp: str | None = None
     layer_module_tmp: str | None = None
@@ -89,6 +101,7 @@ class MemitHparams:
                 raise HparamsError(f"{name} must be a number, got {value!r}") from None
         for name in _INT_FIELDS:
             setattr(self, name, _as_int(name, getattr(self, name)))
+        self.mom2_update_weight = _as_lambda(self.mom2_update_weight)
         self.validate()
 
     def validate(self) -> None:
@@ -108,9 +121,16 @@ class MemitHparams:
         for name in _FLOAT_FIELDS:
             if not math.isfinite(getattr(self, name)):
                 raise HparamsError(f"{name} must be a finite number, got {getattr(self, name)}")
-        for name in ("v_lr", "clamp_norm_factor", "mom2_update_weight"):
+        for name in ("v_lr", "clamp_norm_factor"):
             if getattr(self, name) <= 0:
                 raise HparamsError(f"{name} must be > 0, got {getattr(self, name)}")
+        lambdas = self.mom2_update_weight
+        if isinstance(lambdas, list) and len(lambdas) != len(self.layers):
+            raise HparamsError(f"mom2_update_weight lists {len(lambdas)} values for {len(self.layers)} layers "
+                               f"{self.layers}; give one per layer, or one number for all")
+        for value in lambdas if isinstance(lambdas, list) else [lambdas]:
+            if not math.isfinite(value) or value <= 0:
+                raise HparamsError(f"mom2_update_weight must be finite and > 0, got {value}")
         for name in ("mom2_n_samples", "mom2_batch_size"):
             if getattr(self, name) < 1:
                 raise HparamsError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -159,6 +179,11 @@ class MemitHparams:
             raise HparamsError(f"layers {self.layers} out of range for a model with {n_layer} layers")
         if not 0 <= self.v_loss_layer < n_layer:
             raise HparamsError(f"v_loss_layer {self.v_loss_layer} out of range for a model with {n_layer} layers")
+
+    def layer_lambdas(self) -> list[float]:
+        """lambda for each edited layer, in the order of `layers`."""
+        lambdas = self.mom2_update_weight
+        return list(lambdas) if isinstance(lambdas, list) else [lambdas] * len(self.layers)
 
     @property
     def z_layer(self) -> int:

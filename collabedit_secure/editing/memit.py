@@ -97,6 +97,7 @@ class EditResult:
     s_kk: dict[str, torch.Tensor]  # aggregated K Kᵀ per module, for C_acc += λ S_KK
     contributions: list[dict[int, LayerContribution]]  # per party, per layer (sums; factors if kept)
     targets: list[torch.Tensor]  # per party, Z (hidden x n_i, float64): what the edit asked for
+    lambdas: dict[str, float]  # lambda per module, for C_acc += λ S_KK
 
 
 def _check_parties(parties) -> None:
@@ -131,7 +132,7 @@ def _by_module(matrices: dict | None, adapter: ModelAdapter, layers: list[int], 
 
 
 def _solve(name, c0, lam, s_kk, s_rk, c_acc) -> torch.Tensor:
-    return collabedit_merge(c0[name], lam, s_kk, s_rk, c_acc=c_acc.get(name), layer=name)
+    return collabedit_merge(c0[name], lam[name], s_kk, s_rk, c_acc=c_acc.get(name), layer=name)
 
 
 def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0: dict,
@@ -150,13 +151,14 @@ def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     adapter = ModelAdapter.from_model(model, hparams)
     hparams.validate_for(adapter.n_layer, context_limit(model))
-    layers, lam = hparams.layers, hparams.mom2_update_weight
+    layers = hparams.layers
     names = [adapter.rewrite_name(layer) for layer in layers]
+    lam = dict(zip(names, hparams.layer_lambdas()))
     dims = {name: adapter.key_dim(model, layer) for name, layer in zip(names, layers)}
     c0 = _by_module(c0, adapter, layers, "C0", dims, required=True)
     c_acc = _by_module(c_acc, adapter, layers, "C_acc", dims, required=False)
     for name in names:  # before compute_z, so that a bad C0 costs no optimisation
-        check_preservation(c0[name], lam, c_acc.get(name), layer=name)
+        check_preservation(c0[name], lam[name], c_acc.get(name), layer=name)
     base_fingerprint, base_digest = EditDelta.fingerprint(model, names), EditDelta.base_digest(model)
     if templates is None:
         templates = generate_context_templates(model, tok, hparams.context_template_seed,
@@ -194,14 +196,15 @@ def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0
         model.train(was_training)
 
     metadata = {
-        "algorithm": "MEMIT", "schedule": schedule, "lambda": lam, "hparams": hparams.to_dict(),
+        "algorithm": "MEMIT", "schedule": schedule, "lambda": hparams.mom2_update_weight,
+        "hparams": hparams.to_dict(),
         "context_templates": templates, "request_ids": [[str(r.case_id) for r in p] for p in parties],
         "stats_files": stats_files or {}, "model_fingerprint": base_fingerprint,
         "base_weights_digest": base_digest,
         "weights_dtype": str(dtypes[f"{names[0]}.weight"]).removeprefix("torch."),
         "model_family": adapter.family, "dynamic_covariance": bool(c_acc), **creation_info(),
     }
-    return EditResult(EditDelta(updates, metadata), s_kk, kept, [w.targets for w in workers])
+    return EditResult(EditDelta(updates, metadata), s_kk, kept, [w.targets for w in workers], lam)
 
 
 def _float_dtypes(model) -> dict[str, torch.dtype]:

@@ -50,7 +50,11 @@ def check_preservation(c0: torch.Tensor, lam: float, c_acc: torch.Tensor | None 
 
 
 def update_dynamic_covariance(c_acc: dict[str, torch.Tensor] | None, s_kk: dict[str, torch.Tensor],
-                              lam: float) -> dict[str, torch.Tensor]:
-    """After a round: C_acc + lambda S_KK per layer (a new dict; the inputs are left untouched)."""
+                              lam: float | dict[str, float]) -> dict[str, torch.Tensor]:
+    """After a round: C_acc + lambda S_KK per layer (a new dict; the inputs are left untouched).
+
+    `lam` is one number, or a number per layer name (hparams with a lambda per layer).
+    """
     c_acc = c_acc or {}
-    return {name: c_acc.get(name, 0) + lam * kk for name, kk in s_kk.items()}
+    lams = lam if isinstance(lam, dict) else {name: lam for name in s_kk}
+    return {name: c_acc.get(name, 0) + lams[name] * kk for name, kk in s_kk.items()}

@@ -144,6 +144,16 @@ def test_hparams_file_overrides_a_shipped_base(tmp_path):
         MemitHparams.from_yaml(tmp_path / "bad.yaml")
 
 
+def test_hparams_lambda_per_layer_from_yaml(tmp_path):
+    (tmp_path / "mine.yaml").write_text("base: default-world\nmom2_update_weight: [100, 8e2, '3200']\n")
+    hp = MemitHparams.from_yaml(tmp_path / "mine.yaml")
+    assert hp.mom2_update_weight == [100.0, 800.0, 3200.0] and hp.layer_lambdas() == [100.0, 800.0, 3200.0]
+    assert MemitHparams.builtin("default-world").layer_lambdas() == [700.0] * 3
+    (tmp_path / "short.yaml").write_text("base: default-world\nmom2_update_weight: [100, 800]\n")
+    with pytest.raises(HparamsError, match=r"short.yaml: mom2_update_weight lists 2 values for 3 layers \[0, 1, 2\]"):
+        MemitHparams.from_yaml(tmp_path / "short.yaml")
+
+
 def test_every_shipped_hparams_file_loads():
     folder = Path(MemitHparams.builtin.__code__.co_filename).parent / "hparams"
     names = sorted(p.stem for p in folder.glob("*.yaml"))
@@ -197,7 +207,11 @@ def test_hparams_types_are_checked_on_arrival(field, value, problem):
     ("mlp_module_tmp", "transformer.h.{}.{}", "mlp_module_tmp must be a module path with exactly one '{}'"),
     ("ln_f_module", "transformer.h.{}.ln", "ln_f_module must be a module path with no '{}'"),
     ("v_lr", float("nan"), "v_lr must be a finite number, got nan"),
-    ("mom2_update_weight", float("inf"), "mom2_update_weight must be a finite number, got inf"),
+    ("mom2_update_weight", float("inf"), "mom2_update_weight must be finite and > 0, got inf"),
+    ("mom2_update_weight", [50.0, 0.0], "mom2_update_weight must be finite and > 0, got 0.0"),
+    ("mom2_update_weight", [50.0], r"mom2_update_weight lists 1 values for 2 layers \[1, 2\]; give one per layer"),
+    ("mom2_update_weight", [50.0, "a"], r"mom2_update_weight must be a number or a list of numbers"),
+    ("mom2_update_weight", True, r"mom2_update_weight must be a number or a list of numbers"),
     ("mom2_n_samples", -5, "mom2_n_samples must be >= 1, got -5"),
     ("mom2_batch_size", 0, "mom2_batch_size must be >= 1, got 0"),
     ("mom2_max_length", 0, r"mom2_max_length must be >= 1 \(or null"),

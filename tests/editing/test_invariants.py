@@ -50,7 +50,7 @@ def reference_memit(model, tok, requests, hp, c0, templates, sequential: bool,
             keys, cur_z = compute_keys(model, tok, adapter, requests, [layer], templates, hp.z_layer)
             k = keys[layer]
             r = (z - cur_z) / (len(hp.layers) - i)
-            adj_k = torch.linalg.solve(hp.mom2_update_weight * c0[layer] + k @ k.T, k)
+            adj_k = torch.linalg.solve(hp.layer_lambdas()[i] * c0[layer] + k @ k.T, k)
             updates[adapter.rewrite_name(layer)] = r @ adj_k.T
             if sequential:
                 with torch.no_grad():
@@ -83,13 +83,29 @@ def check_invariants(model, tok, requests, hp, schedule: str, n_parties: int, se
     own_reference = reference_memit(model, tok, own, hp, c0, templates, schedule == "sequential", targets)
     for name, update in own_reference.items():
         assert rel_err(alone.delta.weights[name], update) <= 1e-8, name
-    lam = hp.mom2_update_weight  # invariant 4: Δ_i (λC0 + K_iK_iᵀ) == R_iK_iᵀ
-    for layer in hp.layers:
+    # invariant 4: Δ_i (λC0 + K_iK_iᵀ) == R_iK_iᵀ
+    for layer, lam in zip(hp.layers, hp.layer_lambdas()):
         name = adapter.rewrite_name(layer)
         part = alone.contributions[0][layer]
         lhs = alone.delta.weights[name] @ (lam * c0[layer] + part.keys @ part.keys.T)
         assert rel_err(lhs, part.residuals @ part.keys.T) <= TOL, name
     return collab, everyone
+
+
+@pytest.mark.parametrize("schedule", ["parallel", "sequential"])
+def test_four_invariants_hold_with_a_lambda_per_layer(gpt2_f64, tok, schedule):
+    hp = tiny_hparams(layers=[1, 2, 3], mom2_update_weight=[5.0, 50.0, 500.0])
+    collab, everyone = check_invariants(gpt2_f64, tok, tiny_requests(4), hp, schedule, n_parties=2)
+    assert everyone.lambdas == {f"transformer.h.{l}.mlp.c_proj": lam for l, lam in zip([1, 2, 3], [5.0, 50.0, 500.0])}
+    assert collab.delta.metadata["lambda"] == [5.0, 50.0, 500.0]
+    uniform = edit(gpt2_f64, tok, [tiny_requests(4)], tiny_hparams(layers=[1, 2, 3], mom2_update_weight=50.0),
+                   setup(gpt2_f64, tok, hp)[1], schedule=schedule)
+    listed = edit(gpt2_f64, tok, [tiny_requests(4)], tiny_hparams(layers=[1, 2, 3], mom2_update_weight=[50.0] * 3),
+                  setup(gpt2_f64, tok, hp)[1], schedule=schedule)
+    for name, update in uniform.delta.weights.items():  # one number or the same number per layer: one edit
+        assert torch.equal(listed.delta.weights[name], update)
+        if everyone.lambdas[name] != 50.0:  # the layers whose lambda differs are solved with theirs
+            assert not torch.allclose(everyone.delta.weights[name], update)
 
 
 @pytest.mark.parametrize("schedule", ["parallel", "sequential"])

@@ -59,6 +59,16 @@ def test_second_round_collaborative_equals_global(gpt2_f64, tok, two_rounds, sch
         assert torch.equal(value, before[key]), key
 
 
+def test_dynamic_covariance_weights_each_layer_by_its_own_lambda():
+    s_kk = {"a": torch.eye(2, dtype=torch.float64), "b": 2 * torch.eye(2, dtype=torch.float64)}
+    once = update_dynamic_covariance(None, s_kk, {"a": 10.0, "b": 100.0})
+    assert torch.equal(once["a"], 10 * torch.eye(2, dtype=torch.float64))
+    assert torch.equal(once["b"], 200 * torch.eye(2, dtype=torch.float64))
+    twice = update_dynamic_covariance(once, s_kk, 10.0)  # one number: every layer
+    assert torch.equal(twice["a"], 20 * torch.eye(2, dtype=torch.float64))
+    assert torch.equal(twice["b"], 220 * torch.eye(2, dtype=torch.float64))
+
+
 def test_dynamic_covariance_keeps_the_next_round_off_earlier_keys(gpt2_f64, tok, two_rounds):
     """With C_acc = λK₁K₁ᵀ, ΔW₂ minimises ‖ΔW K₂ - R₂‖² + λ tr(ΔW C0 ΔWᵀ) + λ‖ΔW K₁‖², so it moves
     round 1's keys less than the ΔW₂ solved without C_acc (parallel: K₂ and R₂ do not depend on it)."""
