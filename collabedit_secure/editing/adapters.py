@@ -116,10 +116,15 @@ class ModelAdapter:
             return replace(self, templates=replace(self.templates, lm_head=name))
 
     def check(self, model: torch.nn.Module) -> None:
-        """Every template must resolve on this model (fail early, with the missing name)."""
-        for name in (self.rewrite_name(0), self.layer_name(self.n_layer - 1), self.templates.ln_f,
-                     self.templates.lm_head):
-            get_module(model, name)
+        """Every template must resolve on this model (fail early, naming the module and its hparams field)."""
+        for field, name in (("rewrite_module_tmp", self.rewrite_name(0)),
+                            ("layer_module_tmp", self.layer_name(self.n_layer - 1)),
+                            ("ln_f_module", self.templates.ln_f), ("lm_head_module", self.templates.lm_head)):
+            try:
+                get_module(model, name)
+            except UnsupportedModelError as err:
+                raise UnsupportedModelError(f"{err}: check the hparams' {field} (or leave it out for the "
+                                            f"{self.family} default)") from None
 
     def rewrite_name(self, layer: int) -> str:
         return self.templates.rewrite.format(layer)

@@ -7,6 +7,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 
@@ -53,6 +54,19 @@ class HparamsError(ValueError):
     """A hyperparameter file or value is invalid."""
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice (PyYAML keeps the last one without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"{key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 @dataclass
 class MemitHparams:
     layers: list[int]
@@ -91,6 +105,8 @@ class MemitHparams:
     # through later layers. Small models only: it doubles memory and time. Targets (compute_z) run
     # on the unedited weights in the model's own precision: no aggregation comes before them.
     edit_dtype: str = "float32"
+    # Not a hyperparameter: the YAML file these came from, named by errors found once the model is known.
+    source: ClassVar[str | None] = None
 
     def __post_init__(self) -> None:
         for name in _FLOAT_FIELDS:  # YAML 1.1 reads "5e-1" as a string
@@ -116,6 +132,10 @@ class MemitHparams:
                 f"fact_token {self.fact_token!r} is not supported; only {SUPPORTED_FACT_TOKENS} "
                 "(MEMIT's other modes are unused or, for 'last', known to be broken)"
             )
+        if not 0 <= self.context_template_seed < 2**63:  # what torch and random.Random both take
+            raise HparamsError(f"context_template_seed must be between 0 and 2**63 - 1, got {self.context_template_seed}")
+        if not isinstance(self.mom2_dataset, str):
+            raise HparamsError(f"mom2_dataset must be a name (a string), got {self.mom2_dataset!r}")
         if self.v_num_grad_steps < 1:
             raise HparamsError(f"v_num_grad_steps must be >= 1, got {self.v_num_grad_steps}")
         for name in _FLOAT_FIELDS:
@@ -171,14 +191,17 @@ class MemitHparams:
 
     def validate_for(self, n_layer: int, context: int | None = None) -> None:
         """Checks that need the model's depth and, where it has one, its context length."""
+        where = f"{self.source}: " if self.source else "hparams "
         longest = max((pair[0] for pair in self.context_template_length_params), default=0)
         if context is not None and longest >= context:  # a template is followed by the prompt and target
-            raise HparamsError(f"context_template_length_params asks for {longest}-token templates; the "
+            raise HparamsError(f"{where}context_template_length_params asks for {longest}-token templates; the "
                                f"model's context is {context} tokens")
         if self.layers[-1] >= n_layer:
-            raise HparamsError(f"layers {self.layers} out of range for a model with {n_layer} layers")
+            raise HparamsError(f"{where}layers {self.layers} out of range for a model with {n_layer} layers "
+                               f"(0-{n_layer - 1})")
         if not 0 <= self.v_loss_layer < n_layer:
-            raise HparamsError(f"v_loss_layer {self.v_loss_layer} out of range for a model with {n_layer} layers")
+            raise HparamsError(f"{where}v_loss_layer {self.v_loss_layer} out of range for a model with {n_layer} "
+                               f"layers (0-{n_layer - 1})")
 
     def layer_lambdas(self) -> list[float]:
         """lambda for each edited layer, in the order of `layers`."""
@@ -220,7 +243,7 @@ class MemitHparams:
     def from_yaml(cls, path: str | Path) -> "MemitHparams":
         try:
             with open(path, encoding="utf-8") as handle:
-                data = yaml.safe_load(handle)
+                data = yaml.load(handle, Loader=_UniqueKeyLoader)
         except UnicodeDecodeError as err:
             raise HparamsError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
         except yaml.YAMLError as err:
@@ -234,18 +257,20 @@ class MemitHparams:
         try:
             if base is not None:
                 data = {**cls.builtin(base).to_dict(), **data}
-            return cls.from_dict(data)
+            hparams = cls.from_dict(data)
         except HparamsError as err:
             raise HparamsError(f"{path}: {err}") from None
+        hparams.source = str(path)
+        return hparams
 
     @classmethod
     def builtin(cls, name: str) -> "MemitHparams":
         """One of the shipped files in editing/hparams/, e.g. "gpt2-xl" or "default-world"."""
-        path = Path(__file__).parent / "hparams" / f"{name}.yaml"
-        if not path.exists():
-            shipped = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        folder = Path(__file__).parent / "hparams"
+        shipped = sorted(p.stem for p in folder.glob("*.yaml"))
+        if name not in shipped:  # a name, not a path: `base` cannot reach files outside this folder
             raise HparamsError(f"no shipped hparams {name!r}; available: {', '.join(shipped)}")
-        return cls.from_yaml(path)
+        return cls.from_yaml(folder / f"{name}.yaml")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

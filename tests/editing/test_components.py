@@ -144,6 +144,36 @@ def test_hparams_file_overrides_a_shipped_base(tmp_path):
         MemitHparams.from_yaml(tmp_path / "bad.yaml")
 
 
+@pytest.mark.parametrize("text, problem", [
+    ("base: default-world\nlayers: [0]\nlayers: [0, 1, 2, 3]\n", r"'layers' is given twice"),
+    ("base: ../hparams/default-world\n", r"no shipped hparams '../hparams/default-world'; available: default-world"),
+    ("base: default-world\ncontext_template_seed: 100000000000000000000000\n",
+     r"context_template_seed must be between 0 and 2\*\*63 - 1"),
+    ("base: default-world\nmom2_dataset: 5\n", r"mom2_dataset must be a name \(a string\), got 5"),
+])
+def test_hparams_files_that_would_be_misread_are_refused(text, problem, tmp_path):
+    path = tmp_path / "h.yaml"
+    path.write_text(text)
+    with pytest.raises(HparamsError, match=f"^{path}: .*{problem}"):
+        MemitHparams.from_yaml(path)
+
+
+def test_hparams_checks_against_the_model_name_their_file(tmp_path):
+    path = tmp_path / "h.yaml"
+    path.write_text("base: default-world\nlayers: [0, 1, 9]\n")
+    with pytest.raises(HparamsError, match=rf"^{path}: layers \[0, 1, 9\] out of range for a model with 6 layers \(0-5\)"):
+        MemitHparams.from_yaml(path).validate_for(6)
+    with pytest.raises(HparamsError, match=r"^hparams layers \[1, 2\] out of range for a model with 2 layers"):
+        tiny_hparams().validate_for(2)  # made in code: no file to name
+
+
+def test_a_module_template_the_model_lacks_names_its_hparams_field(tok):
+    model = tiny_model("gpt2", tok)
+    with pytest.raises(UnsupportedModelError, match=r"no module 'transformer.h.0.mlp.down'.*check the hparams' "
+                                                     r"rewrite_module_tmp \(or leave it out for the gpt2 default\)"):
+        ModelAdapter.from_model(model, tiny_hparams(rewrite_module_tmp="transformer.h.{}.mlp.down"))
+
+
 def test_hparams_lambda_per_layer_from_yaml(tmp_path):
     (tmp_path / "mine.yaml").write_text("base: default-world\nmom2_update_weight: [100, 8e2, '3200']\n")
     hp = MemitHparams.from_yaml(tmp_path / "mine.yaml")
