@@ -1,11 +1,12 @@
-"""`collabedit`: the command-line entry point.
+"""`collabedit`: MEMIT editing and CollabEdit merging from the command line.
 
     collabedit world build [--out DIR]
-    collabedit stats --model M --layers 1 2 3 [--corpus world|PATH] [--hparams FILE] --out DIR
-    collabedit edit --model M --requests FILE [--schedule S] [--corpus PATH | --stats DIR] --out DIR
+    collabedit stats --model M --layers 1 2 3 [--corpus world|PATH] [--samples N] [--hparams FILE] --out DIR
+    collabedit edit --model M --requests FILE [--schedule S] [--hparams FILE] [--corpus PATH | --stats DIR] --out DIR
     collabedit simulate [--parties N] [--edits-per-party M] [--rounds R] [--schedule S] [--methods ...] [--json OUT]
-    collabedit eval --model M --dataset PATH [--round-prompts FILE] [--consistency DIR|world] --json OUT
-    collabedit bench kernels [--quick] --json OUT
+    collabedit eval --model M --dataset PATH [--round-prompts FILE] [--no-fluency | --fluency-tokens N]
+                    [--consistency DIR|world] --json OUT
+    collabedit bench kernels [--quick] [--repeats N] [--json OUT]
 
 M is a local HF model directory, a hub name, or `default` (the embedded world model).
 Heavy imports happen inside each command so that `--help` is instant.
@@ -92,27 +93,43 @@ def _check_writable(folder: Path, value: str) -> None:
 
 
 def positive_int(value: str) -> int:
-    number = int(value)
+    number = _whole_number(value)
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
     return number
 
 
+def _whole_number(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+
+
 def seed(value: str) -> int:
     """argparse type: what torch.manual_seed and random.Random both take."""
-    number = int(value)
+    number = _whole_number(value)
     if not 0 <= number < 2**63:
         raise argparse.ArgumentTypeError(f"must be between 0 and 2**63 - 1, got {number}")
     return number
 
 
 def refuse_overwriting_inputs(output: str | None, **inputs: str | None) -> None:
-    """A results file must not be one of the command's own input files (it would replace it)."""
+    """A results file must be neither one of the command's input files nor a file already inside an
+    input directory (a model's config.json, say): writing it would replace what the command reads.
+    A new file there (an eval report beside the edited model) is fine."""
     if output is None:
         return
+    target = Path(output).resolve()
     for flag, value in inputs.items():
-        if value is not None and Path(value).resolve() == Path(output).resolve():
-            raise CliError(f"--json {output} is the --{flag.replace('_', '-')} file; writing the results "
+        if value is None or not Path(value).exists():  # "world", "default", a hub name: nothing on disk
+            continue
+        source = Path(value).resolve()
+        option = f"--{flag.replace('_', '-')}"
+        if target == source:
+            raise CliError(f"--json {output} is the {option} file; writing the results would replace it")
+        if source.is_dir() and source in target.parents and target.exists():
+            raise CliError(f"--json {output} is a file of the {option} directory {value}; writing the results "
                            "would replace it")
 
 
@@ -158,7 +175,8 @@ def _edit(args: argparse.Namespace) -> None:
 def _simulate(args: argparse.Namespace) -> None:
     from .simulate import SimulationConfig, run_simulation
 
-    refuse_overwriting_inputs(args.json, dataset=args.dataset)
+    refuse_overwriting_inputs(args.json, dataset=args.dataset, hparams=args.hparams, corpus=args.corpus,
+                              stats=args.stats, consistency=args.consistency, model=args.model)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     config = SimulationConfig(
         parties=args.parties,
@@ -183,7 +201,8 @@ def _simulate(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from .pipeline import run_eval
 
-    refuse_overwriting_inputs(args.json, dataset=args.dataset, round_prompts=args.round_prompts)
+    refuse_overwriting_inputs(args.json, dataset=args.dataset, round_prompts=args.round_prompts,
+                              consistency=args.consistency, model=args.model)
     round_prompts = Path(args.round_prompts) if args.round_prompts else None
     summary = run_eval(args.model, Path(args.dataset), Path(args.json), fluency=not args.no_fluency,
                        round_prompts=round_prompts, max_out_len=args.fluency_tokens, consistency=args.consistency)
@@ -255,10 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     edit.set_defaults(handler=_edit)
 
     sim = commands.add_parser("simulate", help="in-process collaborative editing experiment")
-    sim.add_argument("--parties", type=int, default=10, help="number of parties (default: 10)")
-    sim.add_argument("--edits-per-party", type=int, default=20,
+    sim.add_argument("--parties", type=positive_int, default=10, help="number of parties (default: 10)")
+    sim.add_argument("--edits-per-party", type=positive_int, default=20,
                      help="edits each party makes per round (default: 20)")
-    sim.add_argument("--rounds", type=int, default=1,
+    sim.add_argument("--rounds", type=positive_int, default=1,
                      help="editing rounds; later rounds edit the merged model (default: 1)")
     sim.add_argument("--schedule", choices=["parallel", "sequential"], default="sequential",
                      help="sequential: true MEMIT, layer-synchronous (default); "

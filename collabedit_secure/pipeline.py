@@ -16,6 +16,8 @@ from .editing.covariance import (
     SecondMoment, check_stats_identity, corpus_sample, export_memit_stats, import_memit_stats, layer_stats,
 )
 from .editing.hparams import MemitHparams
+from .editing.requests import RequestError
+from .files import share_as_umask_allows
 from .editing.tokens import check_tokenizer, context_limit
 
 log = logging.getLogger(__name__)
@@ -50,9 +52,15 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
 
     check_model_path(spec)
     local_only = Path(spec).is_dir()
+    try:  # the config first: a broken config.json would otherwise surface as a tokenizer error
+        config = AutoConfig.from_pretrained(spec, local_files_only=not local_only or None)
+    except ValueError as err:  # e.g. no model_type
+        raise ValueError(f"--model {spec}: config.json does not describe a model transformers knows ({err})") from None
+    except OSError as err:
+        raise FileNotFoundError(f"cannot load model {spec!r}: {err}") from None
     try:
         tok = AutoTokenizer.from_pretrained(spec, local_files_only=not local_only or None)
-        stored = AutoConfig.from_pretrained(spec, local_files_only=not local_only or None).dtype
+        stored = config.dtype
         model = AutoModelForCausalLM.from_pretrained(spec, local_files_only=not local_only or None,
                                                      dtype=torch.float32)
     except OSError as err:
@@ -71,9 +79,23 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
 
 
 def check_model_path(spec: str) -> None:
-    """A --model that names something on disk must be an HF model directory (else it is a hub name)."""
+    """A --model that names something on disk must be an HF model directory; anything else must be a hub
+    name in the local hub cache, the only place one is read from (weights are never downloaded)."""
     path = Path(spec)
-    if spec == DEFAULT_MODEL or not path.exists():
+    if spec == DEFAULT_MODEL:
+        return
+    if not path.exists():
+        if path.is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1:
+            raise FileNotFoundError(f"--model {spec}: no such model directory")
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(spec, "config.json")
+        except ValueError:  # not a valid hub name either
+            cached = None
+        if not isinstance(cached, str):
+            raise FileNotFoundError(f"--model {spec}: no such directory, and no model of that name in the local "
+                                    "hub cache (weights are never downloaded; give a local HF model directory)")
         return
     if not path.is_dir():
         raise ValueError(f"--model {spec}: a file, not a model directory")
@@ -100,12 +122,17 @@ def shipped_hparams(loaded: LoadedModel, schedule: str = "sequential") -> str | 
     return {"gpt2": "gpt2-xl", "gptj": "gpt-j-6b", "llama": "llama", "mistral": "llama", "qwen2": "llama"}.get(family)
 
 
-def check_c0_source(model: str, corpus: str, stats_dir: str | Path | None) -> None:
-    """Only the embedded default has a corpus of its own: other models need one, or MEMIT npz files."""
+def check_c0_source(model: str, corpus: str, stats_dir: str | Path | None, stats_option: bool = True) -> None:
+    """Only the embedded default has a corpus of its own: other models need one, or MEMIT npz files.
+
+    A corpus file is read through once here, so that a bad one fails before any model loads.
+    """
     if model != DEFAULT_MODEL and corpus == "world" and stats_dir is None:
-        raise ValueError(f"C0 for {model!r} needs --corpus FILE (one document per line) or --stats DIR "
-                         "(MEMIT-layout npz files, e.g. from `collabedit stats`); the world corpus belongs "
-                         "to --model default")
+        other = (" or --stats DIR (MEMIT-layout npz files, e.g. from `collabedit stats`)" if stats_option else "")
+        raise ValueError(f"C0 for {model!r} needs --corpus FILE (one document per line){other}; the world "
+                         "corpus belongs to --model default")
+    if corpus != "world" and stats_dir is None:
+        read_corpus_file(Path(corpus))
 
 
 def read_corpus(corpus: str, loaded: LoadedModel) -> list[str]:
@@ -115,12 +142,20 @@ def read_corpus(corpus: str, loaded: LoadedModel) -> list[str]:
             raise ValueError(f"--corpus world belongs to --model default; give {loaded.name!r} a text file "
                              "(one document per line)")
         return loaded.corpus()
-    path = Path(corpus)
+    return read_corpus_file(Path(corpus))
+
+
+def read_corpus_file(path: Path) -> list[str]:
+    """The non-empty lines of a UTF-8 text file, one document each."""
     if not path.is_file():
         raise FileNotFoundError(f"corpus file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"corpus file {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     # Only line ends separate documents (str.splitlines would also split at form feeds and U+2028);
     # read_text already turns \r\n into \n.
-    texts = [line for line in path.read_text().split("\n") if line.strip()]
+    texts = [line for line in text.split("\n") if line.strip()]
     if not texts:
         raise ValueError(f"corpus file {path} has no text (one document per line)")
     return texts
@@ -180,7 +215,8 @@ def compute_stats(model: str, layers: list[int], corpus: str, out: Path, n_sampl
     repeated = sorted({layer for layer in layers if layers.count(layer) > 1})
     if repeated:
         raise ValueError(f"--layers lists {repeated} more than once")
-    check_c0_source(model, corpus, None)
+    check_model_path(model)
+    check_c0_source(model, corpus, None, stats_option=False)
     loaded = load_model(model)
     if hparams_path is None and shipped_hparams(loaded) is None:
         # Statistics read only the mom2_* settings and the module names: the family's and MEMIT's defaults.
@@ -207,9 +243,12 @@ def compute_stats(model: str, layers: list[int], corpus: str, out: Path, n_sampl
     return written
 
 
+PLAIN_REQUEST_KEYS = frozenset({"case_id", "prompt", "subject", "target_new", "target_true", "relation_id"})
+
+
 def _plain_requests(path: Path) -> list | None:
     """A JSON list of plain requests (`prompt`, `subject`, targets) as EditRequests, else None."""
-    from .editing.requests import EditRequest, RequestError, check_unique_ids
+    from .editing.requests import EditRequest, check_unique_ids
     from .eval.datasets import read_json_list
 
     data = read_json_list(path)
@@ -218,6 +257,13 @@ def _plain_requests(path: Path) -> list | None:
     for index, item in enumerate(data):
         if not isinstance(item, dict):
             raise RequestError(f"{path}: edit request {index}: expected a JSON object, got {type(item).__name__}")
+        unknown = sorted(set(item) - PLAIN_REQUEST_KEYS)
+        missing = [key for key in ("prompt", "subject", "target_new") if key not in item]
+        if unknown or missing:  # a misspelt "target_true" would otherwise be dropped without a word
+            problem = f"unknown field(s) {', '.join(map(repr, unknown))}" if unknown else f"no {missing[0]!r}"
+            raise RequestError(f"{path}: edit request {item.get('case_id', index)!r}: {problem}; a plain request "
+                               f"has {', '.join(sorted(PLAIN_REQUEST_KEYS))} (prompt, subject and target_new "
+                               "required)")
     try:
         requests = [EditRequest.from_record({"case_id": r.get("case_id", i), "requested_rewrite": r})
                     for i, r in enumerate(data)]
@@ -253,13 +299,17 @@ def run_edit(model: str, requests_path: Path, schedule: str, out: Path, hparams_
     """`collabedit edit`: global MEMIT, written as an HF model dir plus the delta and edit_meta.json."""
     from .editing.memit import edit
 
+    check_model_path(model)
     check_c0_source(model, corpus, stats_dir)
     check_requests(requests_path)
     loaded = load_model(model)
     hparams = default_hparams(loaded, hparams_path, schedule)
     requests = read_requests(requests_path, loaded)
     c0, sources = covariances(loaded, hparams, corpus=corpus, stats_dir=stats_dir)
-    result = edit(loaded.model, loaded.tok, [requests], hparams, c0, schedule=schedule, stats_files=sources)
+    try:
+        result = edit(loaded.model, loaded.tok, [requests], hparams, c0, schedule=schedule, stats_files=sources)
+    except RequestError as err:  # e.g. a prompt too long for the model: name the file it came from
+        raise RequestError(f"{requests_path}: {err}") from None
     result.delta.apply(loaded.model)
     out.mkdir(parents=True, exist_ok=True)
     # Saved as the base was stored (a bfloat16 checkpoint stays bfloat16); the delta itself applies
@@ -272,6 +322,7 @@ def run_edit(model: str, requests_path: Path, schedule: str, out: Path, hparams_
     meta.update({"base_model": loaded.name, "n_requests": len(requests),
                  "saved_dtype": str(loaded.stored_dtype).removeprefix("torch.")})
     (out / "edit_meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    share_as_umask_allows(*out.rglob("*"))  # safetensors writes 0600: others could not read the model
     return out
 
 

@@ -37,7 +37,8 @@ from .eval.counterfact import summarize_counterfact
 from .eval.report import coverage_notes, evaluate_dataset, format_summary_table, format_value
 from .files import json_safe
 from .merging.baselines import simple_average, task_arithmetic, ties_merge
-from .pipeline import DEFAULT_MODEL, check_c0_source, covariances, default_hparams, load_model
+from .pipeline import DEFAULT_MODEL, check_c0_source, check_model_path, covariances, default_hparams, load_model
+from .world.config import WorldConfig
 
 METHODS = ("collabedit", "global", "ta", "sa", "ties", "none")
 LOCAL_MERGES = {"ta": task_arithmetic, "sa": simple_average, "ties": ties_merge}
@@ -89,6 +90,7 @@ class SimulationConfig:
         if self.model != DEFAULT_MODEL and self.dataset is None:
             raise ValueError(f"--model {self.model} needs --dataset (the embedded world's edits belong to "
                              "--model default)")
+        check_model_path(self.model)
         check_c0_source(self.model, self.corpus, self.stats)
         if self.consistency is not None and not self.fluency:
             raise ValueError("consistency scores the fluency generations: drop --no-fluency")
@@ -100,13 +102,22 @@ class SimulationConfig:
             if kind != "counterfact":
                 raise ValueError(f"simulate needs a CounterFact-format dataset; {self.dataset} is {kind}")
             split_cases(load_dataset(self.dataset)[1], self)  # enough distinct subjects, before the model loads
+        elif self.edits_needed() > WorldConfig().n_subjects:  # one edit per subject, as split_cases draws
+            raise ValueError(self._too_few(WorldConfig().n_subjects, "the embedded world has {} subjects"))
+
+    def edits_needed(self) -> int:
+        return self.parties * self.edits_per_party * self.rounds
+
+    def _too_few(self, available: int, what: str) -> str:
+        return (f"{what.format(available)}; {self.parties} parties x {self.edits_per_party} edits x "
+                f"{self.rounds} rounds need {self.edits_needed()} (one edit per subject)")
 
 
 def split_cases(records: list[dict], config: SimulationConfig) -> list[list[list[dict]]]:
     """rounds x parties x edits, drawn without replacement by a seeded shuffle, at most one edit per
     subject: two edits of one subject whose prompts put it first share a key vector, so they would ask
     the same key for two different values (an ill-posed least-squares problem, not an editing test)."""
-    needed = config.parties * config.edits_per_party * config.rounds
+    needed = config.edits_needed()
     rng = random.Random(config.seed)
     pool = list(records)
     rng.shuffle(pool)
@@ -119,9 +130,7 @@ def split_cases(records: list[dict], config: SimulationConfig) -> list[list[list
         if len(chosen) == needed:
             break
     if len(chosen) < needed:
-        raise ValueError(f"the dataset has {len(chosen)} records with distinct subjects; "
-                         f"{config.parties} parties x {config.edits_per_party} edits x {config.rounds} "
-                         f"rounds need {needed}")
+        raise ValueError(config._too_few(len(chosen), "the dataset has {} records with distinct subjects"))
     per_round = config.parties * config.edits_per_party
     m = config.edits_per_party
     return [[chosen[r * per_round + p * m: r * per_round + (p + 1) * m] for p in range(config.parties)]

@@ -88,9 +88,24 @@ def test_simulate_two_rounds_with_the_dynamic_covariance(default_world, tmp_path
     assert max(report["methods"]["collabedit"]["delta_rel_err_vs_global_by_round"]) <= 1e-9
 
 
-def test_simulate_rejects_bad_arguments(capsys):
-    assert main(["simulate", "--parties", "0", "--json", "x.json"]) == 2
-    assert "parties must be >= 1" in capsys.readouterr().err
+@pytest.mark.parametrize("option, value, message", [
+    ("--parties", "0", "must be >= 1, got 0"),
+    ("--edits-per-party", "-1", "must be >= 1, got -1"),
+    ("--rounds", "x", "expected a whole number, got 'x'"),
+    ("--fluency-tokens", "2.5", "expected a whole number, got '2.5'"),
+])
+def test_simulate_counts_are_checked_as_arguments(option, value, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["simulate", option, value])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: {message}" in capsys.readouterr().err
+
+
+def test_simulate_rejects_bad_arguments(capsys, monkeypatch):
+    forbid_work(monkeypatch)
+    assert main(["simulate", "--parties", "1001", "--edits-per-party", "1"]) == 2
+    assert "the embedded world has 1000 subjects; 1001 parties x 1 edits x 1 rounds need 1001" \
+        in capsys.readouterr().err
     assert main(["simulate", "--methods", "collabedit,bogus"]) == 2
     assert "unknown method" in capsys.readouterr().err
 
@@ -166,6 +181,8 @@ def test_other_models_need_their_own_corpus_before_any_model_loads(argv, message
     present = tmp_path / "file.json"
     present.write_text("[]")
     fill = {"model": tmp_path / "my-model", "present": present}
+    fill["model"].mkdir()
+    (fill["model"] / "config.json").write_text('{"model_type": "gpt2"}')
     assert main([a.format(**fill) for a in argv]) == 2
     assert message.format(**fill) in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
@@ -341,6 +358,10 @@ def test_edit_writes_loadable_model_delta_and_meta(default_world, tmp_path):
     edited = AutoModelForCausalLM.from_pretrained(out)
     base, tok = default_world.load_model()
     delta = EditDelta.load(out / "delta")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    modes = {p.relative_to(out): p.stat().st_mode & 0o777 for p in out.rglob("*")}
+    assert modes == {p: (0o777 if (out / p).is_dir() else 0o666) & ~mask for p in modes}  # safetensors: 0600
     for name, update in delta.weights.items():  # the saved model is the base plus exactly this delta
         module = edited.get_submodule(name)
         changed = (module.weight - base.get_submodule(name).weight).detach()
@@ -737,6 +758,95 @@ def test_contradictory_arguments_fail_before_any_model_loads(argv, message, tmp_
     assert main([a.format(**fill) for a in argv]) == 2
     assert message.format(**fill) in capsys.readouterr().err
     assert present.read_text() == _cf() and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["edit", "stats", "simulate"])
+@pytest.mark.parametrize("model, message", [
+    ("{dir}/nope", "--model {dir}/nope: no such model directory"),
+    ("nobody/has-this-model", "--model nobody/has-this-model: no such directory, and no model of that name in the "
+                              "local hub cache"),
+])
+def test_a_model_that_is_not_there_is_named_first(command, model, message, tmp_path, capsys, monkeypatch):
+    forbid_work(monkeypatch)
+    model = model.format(dir=tmp_path)
+    requests = tmp_path / "requests.json"
+    requests.write_text("[]")
+    argv = {"edit": ["edit", "--requests", str(requests), "--out", str(tmp_path / "o")],
+            "stats": ["stats", "--layers", "0", "--out", str(tmp_path / "o")],
+            "simulate": ["simulate", "--dataset", str(requests)]}[command]
+    assert main([*argv, "--model", model]) == 2  # before its corpus, C0 or dataset are asked for
+    assert message.format(dir=tmp_path) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["edit", "stats"])
+def test_a_corpus_that_is_not_utf8_is_named_before_any_model_loads(command, tmp_path, capsys, monkeypatch):
+    forbid_work(monkeypatch)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"one document\nan\xff other\n")
+    requests = tmp_path / "requests.json"
+    requests.write_text(json.dumps([{"prompt": "{} is a", "subject": "Zed", "target_new": "b"}]))
+    argv = {"edit": ["edit", "--requests", str(requests)], "stats": ["stats", "--layers", "0"]}[command]
+    assert main([*argv, "--model", "default", "--corpus", str(corpus), "--out", str(tmp_path / "o")]) == 2
+    assert f"corpus file {corpus}: not UTF-8 text (invalid start byte at byte 15)" in capsys.readouterr().err
+
+
+def test_stats_asks_only_for_what_it_takes(tmp_path, capsys, monkeypatch):
+    forbid_work(monkeypatch)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "gpt2"}')
+    assert main(["stats", "--model", str(model), "--layers", "0", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "needs --corpus FILE (one document per line); the world corpus belongs to --model default" in err
+    assert "--stats" not in err  # stats makes statistics; it takes none
+
+
+@pytest.mark.parametrize("output, inputs, message", [
+    ("{model}/config.json", ["eval", "--model", "{model}", "--dataset", "{cf}"],
+     "--json {model}/config.json is a file of the --model directory {model}; writing the results would replace it"),
+    ("{hp}", ["simulate", "--hparams", "{hp}"], "--json {hp} is the --hparams file"),
+    ("{corpus}", ["simulate", "--corpus", "{corpus}"], "--json {corpus} is the --corpus file"),
+    ("{model}/config.json", ["simulate", "--model", "{model}", "--dataset", "{cf}", "--corpus", "{corpus}"],
+     "is a file of the --model directory"),
+])
+def test_results_never_land_on_an_input(output, inputs, message, tmp_path, capsys, monkeypatch):
+    forbid_work(monkeypatch)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "gpt2"}')
+    fill = {"model": model, "cf": tmp_path / "cf.json", "hp": tmp_path / "h.yaml", "corpus": tmp_path / "c.txt"}
+    fill["cf"].write_text(_cf())
+    fill["hp"].write_text("base: default-world\n")
+    fill["corpus"].write_text("a document\n")
+    before = {path: path.read_text() for path in (model / "config.json", fill["hp"], fill["corpus"])}
+    assert main([a.format(**fill) for a in [*inputs, "--json", output]]) == 2
+    assert message.format(**fill) in capsys.readouterr().err
+    assert {path: path.read_text() for path in before} == before
+
+
+@pytest.mark.parametrize("item, message", [
+    ({"tagret_true": "b"}, "edit request 0: unknown field(s) 'tagret_true'; a plain request has case_id, "
+                           "prompt, relation_id, subject, target_new, target_true (prompt, subject and target_new "
+                           "required)"),
+    ({"subject": None}, "edit request 0: no 'subject'; a plain request has"),
+])
+def test_a_plain_request_with_a_misspelt_or_missing_field_is_refused(item, message, tmp_path, capsys, monkeypatch):
+    forbid_work(monkeypatch)
+    request = {"prompt": "{} is a", "subject": "Zed", "target_new": "a", **item}
+    request = {k: v for k, v in request.items() if v is not None}
+    requests = tmp_path / "requests.json"
+    requests.write_text(json.dumps([request]))
+    assert main(["edit", "--model", "default", "--requests", str(requests), "--out", str(tmp_path / "o")]) == 2
+    assert f"{requests}: {message}" in capsys.readouterr().err
+
+
+def test_a_config_without_a_model_type_is_named(tmp_path):
+    from collabedit_secure.pipeline import load_model
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=rf"^--model {tmp_path}: config.json does not describe a model transformers "
+                                         "knows"):
+        load_model(str(tmp_path))
 
 
 @pytest.mark.parametrize("what, message", [

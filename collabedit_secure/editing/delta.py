@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..files import share_as_umask_allows
 from .adapters import ModelAdapter, get_module
 from .fingerprint import weights_digest
 
@@ -166,6 +167,7 @@ class EditDelta:
         try:
             save_file({k: v.contiguous().cpu() for k, v in self.weights.items()}, str(staging / TENSORS_FILE))
             (staging / METADATA_FILE).write_text(metadata)
+            share_as_umask_allows(staging, *staging.iterdir())  # mkdtemp and safetensors make them private
             if directory.exists():
                 directory.rmdir()
             os.replace(staging, directory)

@@ -19,7 +19,7 @@ def check_context(model, tok, records: list[dict], kind: str, fluency: bool = Fa
     if limit is None:
         return
     if fluency:
-        check_fits(max_out_len, limit, "max_out_len (the length of each fluency sample)")
+        check_fits(max_out_len, limit, "the fluency sample length (--fluency-tokens, max_out_len)")
     for index, record in enumerate(validate_counterfact_records(records)):
         for what, length in _lengths(tok, record, kind, fluency):
             check_fits(length, limit, f"{record_label(index, record)}: {what}")

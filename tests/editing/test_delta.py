@@ -120,6 +120,19 @@ def test_save_never_writes_over_a_delta_and_a_failed_save_leaves_nothing(model, 
     assert EditDelta.load(first.save(tmp_path / "empty")).weights.keys() == first.weights.keys()
 
 
+def test_a_saved_delta_takes_the_modes_of_the_umask(model, tmp_path):
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        path = delta_for(model).save(tmp_path / "d")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700
+    assert {(p.name, p.stat().st_mode & 0o777) for p in path.iterdir()} == {(TENSORS_FILE, 0o644),
+                                                                            (METADATA_FILE, 0o644)}
+
+
 def test_a_model_dropped_without_revert_is_not_kept_alive(tok):
     model = tiny_model("gpt2", tok, torch.float64)
     delta = delta_for(model)

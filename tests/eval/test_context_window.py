@@ -48,7 +48,7 @@ def test_long_generation_prompt_and_max_out_len_are_named(shared_data, tiny_mode
         tiny_model, tiny_tok, records, "counterfact")
     evaluate_dataset(tiny_model, tiny_tok, records, fluency=False)  # fluency off: the prompt is never fed
     message = _evaluate_error(tiny_model, tiny_tok, records[1:], "counterfact", max_out_len=300)
-    assert message == "max_out_len (the length of each fluency sample) is 300 tokens, more than the model's " \
+    assert message == "the fluency sample length (--fluency-tokens, max_out_len) is 300 tokens, more than the model's " \
                       "context of 256 tokens"
 
 
