@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 # Bump when generator/tokenizer/training code changes what a given config produces.
-BUILD_VERSION = "world-v2"
+BUILD_VERSION = "world-v3"
 
 
 @dataclass(frozen=True)
