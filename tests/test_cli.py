@@ -29,7 +29,7 @@ def test_simulate_collabedit_equals_global_and_writes_the_table(default_world, t
     report = json.loads(out.read_text())
     # The default schedule is true MEMIT, with the hparams shipped for it.
     assert report["config"]["schedule"] == "sequential"
-    assert report["config"]["hparams"]["mom2_update_weight"] == 700  # default-world.yaml
+    assert report["config"]["hparams"]["mom2_update_weight"] == 900  # default-world.yaml
     assert report["config"]["fluency_max_len"] == 40  # the embedded world's recorded length
     methods = report["methods"]
     assert set(methods) == {"collabedit", "global", "ta", "sa", "ties"}

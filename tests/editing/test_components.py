@@ -178,7 +178,7 @@ def test_hparams_lambda_per_layer_from_yaml(tmp_path):
     (tmp_path / "mine.yaml").write_text("base: default-world\nmom2_update_weight: [100, 8e2, '3200']\n")
     hp = MemitHparams.from_yaml(tmp_path / "mine.yaml")
     assert hp.mom2_update_weight == [100.0, 800.0, 3200.0] and hp.layer_lambdas() == [100.0, 800.0, 3200.0]
-    assert MemitHparams.builtin("default-world").layer_lambdas() == [700.0] * 3
+    assert MemitHparams.builtin("default-world").layer_lambdas() == [900.0] * 3
     (tmp_path / "short.yaml").write_text("base: default-world\nmom2_update_weight: [100, 800]\n")
     with pytest.raises(HparamsError, match=r"short.yaml: mom2_update_weight lists 2 values for 3 layers \[0, 1, 2\]"):
         MemitHparams.from_yaml(tmp_path / "short.yaml")
@@ -199,7 +199,7 @@ def test_embedded_default_hparams_follow_the_schedule():
     loaded = LoadedModel(model=None, tok=None, name="default (/cache/world-0123/model)", embedded=True)
     assert default_hparams(loaded, schedule="parallel") == MemitHparams.builtin("default-world-parallel")
     assert default_hparams(loaded, schedule="sequential") == MemitHparams.builtin("default-world")
-    assert default_hparams(loaded).mom2_update_weight == 700
+    assert default_hparams(loaded).mom2_update_weight == 900
 
 
 def test_hparams_validation():
