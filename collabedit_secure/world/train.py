@@ -114,9 +114,20 @@ def passes(scores: dict[str, float], bar: float) -> bool:
 
 def train_model(config: WorldConfig, tok, corpus: list[str], records: list[dict], objects: list[str],
                 progress: bool = True):
-    """Returns (model in eval mode, knowledge report). Raises if required knowledge is never reached."""
-    torch.manual_seed(config.train_seed)
+    """Returns (model in eval mode, knowledge report). Raises if required knowledge is never reached.
+
+    Trains on `config.threads` threads and gives the caller back its own thread count afterwards
+    (a 16-core process that builds the world first must not edit on 2 threads)."""
+    caller_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
+    try:
+        return _train(config, tok, corpus, records, objects, progress)
+    finally:
+        torch.set_num_threads(caller_threads)
+
+
+def _train(config: WorldConfig, tok, corpus: list[str], records: list[dict], objects: list[str], progress: bool):
+    torch.manual_seed(config.train_seed)
     rng = random.Random(config.train_seed)
     eos = tok.eos_token_id
     model = make_model(config, len(tok), eos)

@@ -63,6 +63,21 @@ def test_bfloat16_training_learns_and_saves_float32_weights(tmp_path):
     assert dtypes == {"F32"}
 
 
+def test_building_gives_the_caller_its_thread_count_back(tmp_path, monkeypatch):
+    """Training runs on config.threads; the process that asked for the build keeps its own count."""
+    seen = []
+    real_set = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), real_set(n))[1])
+    before = torch.get_num_threads()
+    real_set(3)
+    try:
+        build_world(tmp_path / "w", TINY, progress=False)
+        assert torch.get_num_threads() == 3
+        assert seen == [TINY.threads, 3]
+    finally:
+        real_set(before)
+
+
 def test_training_actually_learned_the_corpus(tiny):
     """Loss on world text must be well below an untrained model's (about log vocab)."""
     model, tok = tiny.load_model()
