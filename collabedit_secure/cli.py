@@ -1,6 +1,6 @@
 """`collabedit`: MEMIT editing and CollabEdit merging from the command line.
 
-    collabedit world build [--out DIR]
+    collabedit world build [--out DIR] [--threads N]
     collabedit stats --model M --layers 1 2 3 [--corpus world|PATH] [--samples N] [--hparams FILE] --out DIR
     collabedit edit --model M --requests FILE [--schedule S] [--hparams FILE] [--corpus PATH | --stats DIR] --out DIR
     collabedit simulate [--parties N] [--edits-per-party M] [--rounds R] [--schedule S] [--methods ...] [--json OUT]
@@ -144,9 +144,10 @@ def existing_dir(value: str) -> str:
 
 
 def _world_build(args: argparse.Namespace) -> None:
-    from .world import load_default, open_or_build
+    from .world import WorldConfig, load_default, open_or_build
 
-    bundle = open_or_build(Path(args.out)) if args.out else load_default(progress=True)
+    config = WorldConfig(threads=args.threads) if args.threads else None
+    bundle = open_or_build(Path(args.out), config) if args.out else load_default(progress=True, config=config)
     print(f"embedded default world: {bundle.root} ({'built now' if bundle.built_now else 'reused'})")
     print(f"model directory:        {bundle.model_dir}")
     print(f"edit cases:             {len(bundle.records)}")
@@ -242,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     world_cmds = world.add_subparsers(dest="world_command", required=True)
     build = world_cmds.add_parser("build", help="build or reuse the embedded default; prints where it is")
     build.add_argument("--out", help="build into this directory instead of the cache (reused if it holds one)")
+    build.add_argument("--threads", type=positive_int, metavar="N",
+                       help="CPU threads for training (default: 2, as the recorded results were built). Not part "
+                            "of the cache key: other counts change the weights' last bits, not what the model knows")
     build.set_defaults(handler=_world_build)
 
     stats = commands.add_parser("stats", help="covariance statistics C0 of edited layers over a corpus")

@@ -481,13 +481,23 @@ def test_eval_on_real_counterfact_file(default_world, shared_data, tmp_path):
     assert report["summary"]["n_cases"] == 30 and len(report["cases"]) == 30
 
 
-def test_world_build_out_reuses_a_build_and_refuses_other_directories(default_world, tmp_path, capsys):
+def test_world_build_out_reuses_a_build_and_refuses_other_directories(default_world, tmp_path, capsys,
+                                                                       monkeypatch):
     assert main(["world", "build", "--out", str(default_world.root)]) == 0
     out = capsys.readouterr().out
     assert f"{default_world.root} (reused)" in out
     k = default_world.knowledge
     assert f"rewrite {k['rewrite']:.1%}" in out and f"of {k['records_checked']} records" in out
     assert f"{default_world.config.train_dtype} matmuls" in out
+    # The thread count reaches the build's config but not the world's identity: the build is reused.
+    import collabedit_secure.world as world
+    configs = []
+    real_open_or_build = world.open_or_build
+    monkeypatch.setattr(world, "open_or_build", lambda out, config=None: (configs.append(config),
+                                                                          real_open_or_build(out, config))[1])
+    assert main(["world", "build", "--out", str(default_world.root), "--threads", "1"]) == 0
+    assert [c.threads for c in configs] == [1]
+    assert f"{default_world.root} (reused)" in capsys.readouterr().out
     (tmp_path / "notes.txt").write_text("keep me")
     assert main(["world", "build", "--out", str(tmp_path)]) == 2
     assert f"{tmp_path} holds other files, not a build of the world" in capsys.readouterr().err
@@ -496,6 +506,14 @@ def test_world_build_out_reuses_a_build_and_refuses_other_directories(default_wo
     assert main(["world", "build", "--out", str(tmp_path / "file")]) == 2
     assert f"{tmp_path / 'file'} is a file" in capsys.readouterr().err
     assert (tmp_path / "file").read_text() == "keep me too"
+
+
+@pytest.mark.parametrize("value, message", [("0", "must be >= 1, got 0"), ("two", "expected a whole number")])
+def test_world_build_threads_are_checked_as_arguments(value, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["world", "build", "--threads", value])
+    assert exit_info.value.code == 2
+    assert f"argument --threads: {message}" in capsys.readouterr().err
 
 
 def test_console_script_runs(default_world):
