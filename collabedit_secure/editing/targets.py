@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from ..progress import progress
 from .adapters import ModelAdapter
 from .fingerprint import weights_digest
 from .hooks import edit_output, replay_outputs, trace
@@ -204,7 +204,7 @@ def compute_targets(model, tok, adapter, hp, requests, templates, cache: TargetC
     context = TargetCache.context(model, hp, templates) if cache is not None else ""
     columns = []
     # The slow part of an edit (seconds per request on a CPU): a bar on terminals, silent in logs.
-    for request in tqdm(requests, desc="compute_z", unit="request", leave=False, disable=None):
+    for request in progress(requests, desc="compute_z", unit="request", leave=False):
         z = cache.get(context, request) if cache is not None else None
         if z is None:
             started = time.perf_counter()

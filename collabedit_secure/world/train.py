@@ -14,10 +14,10 @@ import time
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from collabedit_secure.eval.nll import target_nll
+from collabedit_secure.progress import note, progress
 
 from .config import WorldConfig
 
@@ -126,7 +126,8 @@ def train_model(config: WorldConfig, tok, corpus: list[str], records: list[dict]
         torch.set_num_threads(caller_threads)
 
 
-def _train(config: WorldConfig, tok, corpus: list[str], records: list[dict], objects: list[str], progress: bool):
+def _train(config: WorldConfig, tok, corpus: list[str], records: list[dict], objects: list[str],
+           show_progress: bool):
     torch.manual_seed(config.train_seed)
     rng = random.Random(config.train_seed)
     eos = tok.eos_token_id
@@ -145,8 +146,8 @@ def _train(config: WorldConfig, tok, corpus: list[str], records: list[dict], obj
     for epoch in range(config.max_epochs):
         data, weights = pack_epoch(token_lists, weight_lists, eos, config.n_positions, rng)
         model.train()
-        bar = tqdm(range(0, len(data), config.batch_size), desc=f"epoch {epoch + 1}", disable=not progress,
-                   leave=False)
+        bar = progress(range(0, len(data), config.batch_size), desc=f"epoch {epoch + 1}", enabled=show_progress,
+                       leave=False)
         total_loss = 0.0
         for i in bar:
             for group in opt.param_groups:
@@ -166,13 +167,13 @@ def _train(config: WorldConfig, tok, corpus: list[str], records: list[dict], obj
             scores = knowledge(model, tok, sample)
         history.append({"epoch": epoch + 1, "loss": total_loss / len(bar), **scores,
                         "elapsed_s": round(time.time() - start, 1)})
-        if progress:
-            tqdm.write(f"epoch {epoch + 1}: loss {history[-1]['loss']:.3f} sample knowledge "
+        if show_progress:
+            note(f"epoch {epoch + 1}: loss {history[-1]['loss']:.3f} sample knowledge "
                        + " ".join(f"{k} {v:.3f}" for k, v in scores.items()))
         if passes(scores, config.target_knowledge + config.check_margin) or epoch + 1 == config.max_epochs:
             final = knowledge(model, tok, final_set)
-            if progress:
-                tqdm.write("full check: " + " ".join(f"{k} {v:.3f}" for k, v in final.items()))
+            if show_progress:
+                note("full check: " + " ".join(f"{k} {v:.3f}" for k, v in final.items()))
             if passes(final, config.target_knowledge):
                 break
     model.eval()
