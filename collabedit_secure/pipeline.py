@@ -37,6 +37,7 @@ class LoadedModel:
     stored_dtype: torch.dtype = torch.float32  # what the checkpoint holds (it is edited in float32)
     embedded: bool = False  # the embedded default world model
     tok_as_stored: object = None  # the tokenizer before MEMIT's padding convention: what an edit saves
+    shipped_stats: Path | None = None  # C0 statistics shipped with the model (the embedded world's)
 
 
 def load_model(spec: str, device: str = "cpu") -> LoadedModel:
@@ -47,7 +48,7 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
         bundle = load_default(progress=True)
         model, tok = bundle.load_model(device=device)
         return LoadedModel(model, tok, f"default ({bundle.model_dir})", bundle.corpus_texts, bundle.records,
-                           embedded=True)
+                           embedded=True, shipped_stats=bundle.root / "c0")
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     check_model_path(spec)
@@ -182,7 +183,7 @@ def covariances(loaded: LoadedModel, hparams: MemitHparams, corpus: str = "world
             stat = layer_stats(loaded.model, loaded.tok, name, texts,
                                n_samples=n_samples or hparams.mom2_n_samples,
                                max_length=hparams.mom2_max_length, batch_size=hparams.mom2_batch_size,
-                               progress=progress)
+                               progress=progress, shipped_dir=loaded.shipped_stats)
             where = corpus if corpus == "world" else str(Path(corpus).resolve())
             sources[name] = f"computed: {where} corpus, {stat.count} tokens"
         c0[name] = stat.moment()

@@ -23,5 +23,8 @@ def test_sdist_holds_the_cmake_project_and_every_kernel_source(tmp_path):
     with tarfile.open(archive) as sdist:
         packed = {Path(*Path(member).parts[1:]).as_posix() for member in sdist.getnames()}
     needed = {"CMakeLists.txt", "setup.py", "pyproject.toml"} | {n for n in tracked if n.startswith(("csrc/", "proto/"))}
+    shipped_world = {n for n in tracked if n.startswith("collabedit_secure/world/reference/")}
+    assert "collabedit_secure/world/reference/model/model.safetensors" in shipped_world
+    needed |= shipped_world  # the package's default model must travel with it
     assert any(n.endswith(".cu") for n in needed) and any(n.endswith(".cpp") for n in needed)
     assert needed <= packed, sorted(needed - packed)

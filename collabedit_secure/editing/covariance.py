@@ -21,9 +21,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..kernels import covariance_accumulate
+from ..progress import progress as progress_bar
 from .fingerprint import config_digest, layout_digest, tokenizer_digest, weights_digest
 from .hooks import run_until_stop, trace
 from .tokens import context_limit
@@ -277,27 +277,57 @@ def _check_sampling(model, max_length: int | None, batch_size: int) -> None:
                          f"tokens, got {max_length}")
 
 
+def stats_identity(model, tok, layer_name: str, texts: list[str], max_length: int) -> tuple[str, dict]:
+    """(file stem, identity): the stem hashes everything the statistic depends on."""
+    info = {"layer": layer_name, "model": weights_digest(model), "config": config_digest(model),
+            "tokenizer": tokenizer_digest(tok), "corpus": corpus_digest(texts), "n_samples": len(texts),
+            "max_length": max_length}
+    key = hashlib.blake2b(json.dumps(info, sort_keys=True).encode(), digest_size=16).hexdigest()
+    return f"{layer_name}_mom2_{len(texts)}_{key}", info
+
+
+def write_shipped_stat(stat: SecondMoment, path: Path) -> None:
+    """A statistic as it ships: the packed upper triangle of the float64 sum (half the bytes), and the count."""
+    mom2 = stat.mom2.numpy()
+    _atomic_savez(path, mom2_upper=mom2[np.triu_indices(mom2.shape[0])], count=np.array(stat.count))
+
+
+def read_shipped_stat(path: Path) -> SecondMoment | None:
+    """The statistic write_shipped_stat wrote, or None if there is none (its bundle checked its sha256)."""
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        upper, count = data["mom2_upper"], int(data["count"])
+    d = int((np.sqrt(8 * upper.size + 1) - 1) / 2)
+    mom2 = np.zeros((d, d))
+    mom2[np.triu_indices(d)] = upper
+    mom2 = np.triu(mom2) + np.triu(mom2, 1).T
+    return SecondMoment(torch.from_numpy(mom2), count)
+
+
 def layer_stats(model, tok, layer_name: str, texts: list[str], *, n_samples: int | None = None,
                 max_length: int | None = None, batch_size: int = 16, cache_dir: str | Path | None = None,
                 progress: bool = True, checkpoint_every: int = 20,
-                on_batch: Callable[[int], None] | None = None) -> SecondMoment:
+                on_batch: Callable[[int], None] | None = None, shipped_dir: Path | None = None) -> SecondMoment:
     """Second moment of `layer_name`'s input over n_samples of the texts (`corpus_sample`; cached, resumable).
 
     `on_batch(position)` is called after each batch with the number of texts consumed so far.
+    `shipped_dir`: read-only statistics shipped with a model (the embedded world's), used when one
+    was computed for exactly this model, layer, tokenizer, corpus sample and max length.
     """
     _check_sampling(model, max_length, batch_size)
     texts = corpus_sample(texts, n_samples)
     if not texts:
         raise ValueError("covariance corpus is empty")
     max_length = _max_length(model, max_length)
-    info = {"layer": layer_name, "model": weights_digest(model), "config": config_digest(model),
-            "tokenizer": tokenizer_digest(tok), "corpus": corpus_digest(texts), "n_samples": len(texts),
-            "max_length": max_length}
-    key = hashlib.blake2b(json.dumps(info, sort_keys=True).encode(), digest_size=16).hexdigest()
+    stem, info = stats_identity(model, tok, layer_name, texts, max_length)
+    identity = dict(layer=layer_name, architecture=layout_digest(model), model=info["model"])
+    shipped = read_shipped_stat(shipped_dir / f"{stem}.npz") if shipped_dir is not None else None
+    if shipped is not None:
+        return dataclasses.replace(shipped, **identity)
     directory = cache_root(cache_dir) / "stats"
     directory.mkdir(parents=True, exist_ok=True)
-    cache = StatsCache(directory, f"{layer_name}_mom2_{len(texts)}_{key}")
-    identity = dict(layer=layer_name, architecture=layout_digest(model), model=info["model"])
+    cache = StatsCache(directory, stem)
     cached = cache.load()
     if cached is not None:  # the key hashes the identity, so files cached before it was stored get it too
         return dataclasses.replace(cached, **identity)
@@ -309,7 +339,7 @@ def layer_stats(model, tok, layer_name: str, texts: list[str], *, n_samples: int
     acc, count, position = cache.resume(d_in, batch_size) or (torch.zeros(d_in, d_in, dtype=torch.float64), 0, 0)
     batches = range(position, len(texts), batch_size)
     try:
-        for number, start in enumerate(tqdm(batches, desc=f"C0 {layer_name}", disable=not progress), 1):
+        for number, start in enumerate(progress_bar(batches, desc=f"C0 {layer_name}", enabled=progress), 1):
             count += _accumulate_batch(model, tok, layer_name, texts[start:start + batch_size], max_length, acc)
             position = min(start + batch_size, len(texts))
             if number % checkpoint_every == 0:

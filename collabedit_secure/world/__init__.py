@@ -1,7 +1,9 @@
 """The embedded default: a synthetic world and a small GPT-2 that knows it.
 
-No model can be downloaded here, so the project generates one (deterministically, in minutes on two
-CPU cores) and caches it under $COLLABEDIT_CACHE or ~/.cache/collabedit_secure.
+No model can be downloaded here, so the project generates one. One build of it ships inside the
+package (reference/, checked by sha256 on load; see reference.py), so every machine edits the same
+weights and nothing trains before a first run. `collabedit world build --train` trains it again
+from scratch (minutes on two CPU cores), cached under $COLLABEDIT_CACHE or ~/.cache/collabedit_secure.
 
 The default world (WorldConfig()):
 - 1,000 people with syllable-built two-word names (e.g. "Koro Potrer"); no surname, and so no full
@@ -29,7 +31,7 @@ The default world (WorldConfig()):
   bfloat16 (float32 weights): 6 epochs, 6.5-13 minutes on 2 cores by machine; elsewhere in float32, since
   emulated bfloat16 is slower (about 20x on AVX2-only CPUs). The two precisions train different models, cached apart.
 
-Entry points: `load_default()` (cached), `build_world(out_dir, config)`, `open_or_build(out_dir)`,
+Entry points: `load_default()` (the shipped build; with a config, trained and cached), `build_world(out_dir, config)`, `open_or_build(out_dir)`,
 `WorldConfig`, `tiny_config()`.
 """
 

@@ -1,4 +1,7 @@
-"""Build, verify and cache the embedded default world (records, corpus, tokenizer, trained GPT-2).
+"""Build, verify and cache worlds (records, corpus, tokenizer, trained GPT-2).
+
+The default world itself ships prebuilt (reference.py); this module trains and caches the worlds
+that `collabedit world build --train` or a WorldConfig of one's own asks for.
 
 Layout of a bundle directory:
     model/            an HF dir: AutoModelForCausalLM / AutoTokenizer load it
@@ -15,6 +18,7 @@ makes a second builder wait and then reuse the first one's result.
 from __future__ import annotations
 
 import fcntl
+import gzip
 import hashlib
 import json
 import os
@@ -32,6 +36,7 @@ from .config import WorldConfig
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("records.json", "corpus.json", "world_config.json", "knowledge.json",
                   "model/config.json", "model/model.safetensors", "model/tokenizer.json")
+COMPRESSED = ("records.json", "corpus.json")  # the shipped build holds these gzipped (a tenth of the bytes)
 
 
 @dataclass
@@ -48,7 +53,7 @@ class WorldBundle:
 
     def corpus_texts(self) -> list[str]:
         """The public corpus (C0 statistics, and the training data), in its fixed order."""
-        return json.loads((self.root / "corpus.json").read_text())
+        return read_bundle_json(self.root, "corpus.json")
 
     def load_model(self, device: str = "cpu"):
         """(model in eval mode, float32, on device; its tokenizer with pad = eos)."""
@@ -69,6 +74,15 @@ def default_cache_root() -> Path:
 def _sha256(path: Path) -> str:
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def read_bundle_json(root: Path, name: str):
+    """A bundle's JSON file, read from name or, where the bundle ships it compressed, name.gz."""
+    plain = root / name
+    if plain.is_file() or name not in COMPRESSED:
+        return json.loads(plain.read_text())
+    with gzip.open(root / f"{name}.gz", "rt", encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -99,7 +113,7 @@ def verify_bundle(root: Path, config: WorldConfig) -> str | None:
     if manifest.get("cache_key") != config.cache_key():
         return f"manifest is for cache key {manifest.get('cache_key')}, expected {config.cache_key()}"
     for name in REQUIRED_FILES:
-        if name not in entries:
+        if name not in entries and not (name in COMPRESSED and f"{name}.gz" in entries):
             return f"manifest does not list {name}"
     for name, digest in entries.items():
         path = root / name
@@ -116,7 +130,7 @@ def open_bundle(root: Path, config: WorldConfig | None = None) -> WorldBundle:
     root = Path(root)
     if config is None:
         config = WorldConfig.from_dict(json.loads((root / "world_config.json").read_text()))
-    records = json.loads((root / "records.json").read_text())
+    records = read_bundle_json(root, "records.json")
     knowledge = json.loads((root / "knowledge.json").read_text())
     return WorldBundle(root=root, config=config, records=records, knowledge=knowledge)
 
@@ -259,11 +273,14 @@ def _remove_stale_builds(final: Path, lock: Path | None = None) -> None:
 
 
 def load_default(cache_dir=None, progress: bool = True, config: WorldConfig | None = None) -> WorldBundle:
-    """The embedded default world, from cache if valid, else built (minutes) and cached.
-
-    A corrupt or partial cache is reported with a warning, moved aside and rebuilt.
+    """The embedded default world. Without `config`: the reference build shipped in the package
+    (checked against its manifest, never trained). With one: that world from the cache if valid,
+    else trained (minutes) and cached; a corrupt or partial cache is reported, moved aside and rebuilt.
     """
-    config = config or WorldConfig()
+    if config is None:
+        from .reference import load_reference
+
+        return load_reference()
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_root()
     final = root / f"world-{config.cache_key()}"
     lock = root / f"world-{config.cache_key()}.lock"

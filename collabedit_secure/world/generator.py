@@ -16,9 +16,10 @@ from .relations import RELATIONS, Relation, object_string
 ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
           "br", "dr", "gr", "kr", "st", "th", "sh", "tr", "fl", "h", "j", "w")
 VOWELS = ("a", "e", "i", "o", "u", "a", "e", "o", "ai", "ei", "ou", "ia")
-# Surname endings. The subject's last name piece is where MEMIT reads its key; 32 endings spread
-# those pieces (a subject shares its last piece with ~6 others instead of ~10), which raised
-# specificity by 3-5 points at equal efficacy (benchmarks/world-model-sweep.md, "Thirty surname endings").
+# Surname endings. The subject's last name piece is where MEMIT reads its key; 30 distinct endings
+# (the empty one weighted 3x) spread those pieces (a subject shares its last piece with ~6 others
+# instead of ~10), which raised specificity by 3-5 points at equal efficacy
+# (benchmarks/world-model-sweep.md, "Thirty surname endings").
 CODAS = ("", "", "", "n", "r", "l", "s", "m", "th", "nd", "x", "k", "ck", "sk", "lt", "rn", "ft", "ng", "rk",
          "sh", "ph", "z", "ll", "tt", "mb", "rd", "st", "nt", "ss", "v", "gh", "rth")
 
