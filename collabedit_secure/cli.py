@@ -1,6 +1,6 @@
 """`collabedit`: MEMIT editing and CollabEdit merging from the command line.
 
-    collabedit world build [--out DIR] [--threads N]
+    collabedit world build [--train [--out DIR] [--threads N]]
     collabedit stats --model M --layers 1 2 3 [--corpus world|PATH] [--samples N] [--hparams FILE] --out DIR
     collabedit edit --model M --requests FILE [--schedule S] [--hparams FILE] [--corpus PATH | --stats DIR] --out DIR
     collabedit simulate [--parties N] [--edits-per-party M] [--rounds R] [--schedule S] [--methods ...] [--json OUT]
@@ -145,10 +145,19 @@ def existing_dir(value: str) -> str:
 
 def _world_build(args: argparse.Namespace) -> None:
     from .world import WorldConfig, load_default, open_or_build
+    from .world.reference import provenance
 
-    config = WorldConfig(threads=args.threads) if args.threads else None
-    bundle = open_or_build(Path(args.out), config) if args.out else load_default(progress=True, config=config)
-    print(f"embedded default world: {bundle.root} ({'built now' if bundle.built_now else 'reused'})")
+    if not args.train and (args.out or args.threads):
+        raise CliError("--out and --threads apply to training: add --train (the shipped world needs no build)")
+    if args.train:
+        config = WorldConfig(threads=args.threads) if args.threads else WorldConfig()
+        bundle = open_or_build(Path(args.out), config) if args.out else load_default(progress=True, config=config)
+        state = "built now" if bundle.built_now else "reused"
+    else:
+        bundle = load_default()
+        made = provenance(bundle.root)
+        state = f"shipped reference build, every file checked; trained {made.get('date', '?')} on {made.get('cpu', '?')}"
+    print(f"embedded default world: {bundle.root} ({state})")
     print(f"model directory:        {bundle.model_dir}")
     print(f"edit cases:             {len(bundle.records)}")
     k = bundle.knowledge  # the per-epoch history stays in knowledge.json
@@ -241,11 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     world = commands.add_parser("world", help="the embedded default world and model")
     world_cmds = world.add_subparsers(dest="world_command", required=True)
-    build = world_cmds.add_parser("build", help="build or reuse the embedded default; prints where it is")
-    build.add_argument("--out", help="build into this directory instead of the cache (reused if it holds one)")
+    build = world_cmds.add_parser("build", help="check the shipped default world and print where it is; "
+                                                 "--train trains one from scratch")
+    build.add_argument("--train", action="store_true",
+                       help="train the world from scratch (minutes; cached, or into --out) instead of using the "
+                            "reference build shipped in the package. Another CPU trains slightly other weights")
+    build.add_argument("--out", help="with --train: build into this directory instead of the cache (reused if it "
+                                     "holds one)")
     build.add_argument("--threads", type=positive_int, metavar="N",
-                       help="CPU threads for training (default: 2, as the recorded results were built). Not part "
-                            "of the cache key: other counts change the weights' last bits, not what the model knows")
+                       help="with --train: CPU threads (default: 2). Not part of the cache key: other counts "
+                            "change the weights' last bits, not what the model knows")
     build.set_defaults(handler=_world_build)
 
     stats = commands.add_parser("stats", help="covariance statistics C0 of edited layers over a corpus")
@@ -338,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_kernels_module.add_arguments(bench_kernels)
     bench_kernels.set_defaults(handler=_bench_kernels)
+
     return parser
 
 

@@ -481,29 +481,44 @@ def test_eval_on_real_counterfact_file(default_world, shared_data, tmp_path):
     assert report["summary"]["n_cases"] == 30 and len(report["cases"]) == 30
 
 
-def test_world_build_out_reuses_a_build_and_refuses_other_directories(default_world, tmp_path, capsys,
-                                                                       monkeypatch):
-    assert main(["world", "build", "--out", str(default_world.root)]) == 0
+def test_world_build_checks_and_prints_the_shipped_world(default_world, capsys):
+    assert main(["world", "build"]) == 0
     out = capsys.readouterr().out
-    assert f"{default_world.root} (reused)" in out
+    assert f"{default_world.root} (shipped reference build, every file checked" in out
     k = default_world.knowledge
     assert f"rewrite {k['rewrite']:.1%}" in out and f"of {k['records_checked']} records" in out
     assert f"{default_world.config.train_dtype} matmuls" in out
-    # The thread count reaches the build's config but not the world's identity: the build is reused.
+
+
+def test_world_build_options_of_training_need_train(capsys):
+    assert main(["world", "build", "--out", "anywhere"]) == 2
+    assert "--out and --threads apply to training: add --train" in capsys.readouterr().err
+
+
+def test_world_build_train_out_reuses_a_build_and_refuses_other_directories(default_world, tmp_path, capsys,
+                                                                             monkeypatch):
     import collabedit_secure.world as world
+    from collabedit_secure.world import config as world_config
+
+    # The reference is a build of the default config in its own precision: on a CPU of the other
+    # precision, --train would make (and so look for) another build.
+    monkeypatch.setattr(world_config, "native_train_dtype", lambda: default_world.config.train_dtype)
+    assert main(["world", "build", "--train", "--out", str(default_world.root)]) == 0
+    assert f"{default_world.root} (reused)" in capsys.readouterr().out
+    # The thread count reaches the build's config but not the world's identity: the build is reused.
     configs = []
     real_open_or_build = world.open_or_build
     monkeypatch.setattr(world, "open_or_build", lambda out, config=None: (configs.append(config),
                                                                           real_open_or_build(out, config))[1])
-    assert main(["world", "build", "--out", str(default_world.root), "--threads", "1"]) == 0
+    assert main(["world", "build", "--train", "--out", str(default_world.root), "--threads", "1"]) == 0
     assert [c.threads for c in configs] == [1]
     assert f"{default_world.root} (reused)" in capsys.readouterr().out
     (tmp_path / "notes.txt").write_text("keep me")
-    assert main(["world", "build", "--out", str(tmp_path)]) == 2
+    assert main(["world", "build", "--train", "--out", str(tmp_path)]) == 2
     assert f"{tmp_path} holds other files, not a build of the world" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").read_text() == "keep me"
     (tmp_path / "file").write_text("keep me too")
-    assert main(["world", "build", "--out", str(tmp_path / "file")]) == 2
+    assert main(["world", "build", "--train", "--out", str(tmp_path / "file")]) == 2
     assert f"{tmp_path / 'file'} is a file" in capsys.readouterr().err
     assert (tmp_path / "file").read_text() == "keep me too"
 
@@ -511,7 +526,7 @@ def test_world_build_out_reuses_a_build_and_refuses_other_directories(default_wo
 @pytest.mark.parametrize("value, message", [("0", "must be >= 1, got 0"), ("two", "expected a whole number")])
 def test_world_build_threads_are_checked_as_arguments(value, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["world", "build", "--threads", value])
+        main(["world", "build", "--train", "--threads", value])
     assert exit_info.value.code == 2
     assert f"argument --threads: {message}" in capsys.readouterr().err
 
