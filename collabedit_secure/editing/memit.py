@@ -46,6 +46,11 @@ class LayerContribution:
 
 
 Aggregate = Callable[[str, list[LayerContribution]], tuple[torch.Tensor, torch.Tensor]]
+# One step of a schedule: the parties' contributions to the step's layers in, ΔW per module out (and
+# the summed S_KK where it is known, for C_acc). The default sums and solves here; a federated party
+# sends its own contribution to the coordinator instead and receives ΔW (collabedit_secure/party).
+Exchange = Callable[[dict[int, str], list[dict[int, "LayerContribution"]]],
+                    dict[str, tuple[torch.Tensor, torch.Tensor | None]]]
 
 
 def sum_contributions(layer_name: str, contributions: list[LayerContribution]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +143,8 @@ def _solve(name, c0, lam, s_kk, s_rk, c_acc) -> torch.Tensor:
 def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0: dict,
          schedule: str = "sequential", c_acc: dict | None = None, templates: list[list[str]] | None = None,
          aggregate: Aggregate = sum_contributions, keep_factors: bool = False,
-         stats_files: dict | None = None, target_cache: TargetCache | None = None) -> EditResult:
+         stats_files: dict | None = None, target_cache: TargetCache | None = None,
+         exchange: Exchange | None = None) -> EditResult:
     """One round of collaborative MEMIT; the model is left exactly as it was, the update is returned.
 
     `schedule` is "sequential" (true MEMIT, the default as in the CLI) or "parallel" (CollabEdit's code).
@@ -183,11 +189,12 @@ def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0
         if hparams.edit_dtype == "float64":
             model.double()  # exact: every float32 value is a float64, and converts back unchanged
         originals = {layer: adapter.weight_out_in(model, layer).detach().clone() for layer in layers}
+        if exchange is None:
+            exchange = _local_exchange(c0, c_acc, lam, aggregate)
         if schedule == "parallel":
-            updates, s_kk, kept = _run_parallel(workers, layers, names, c0, c_acc, lam, aggregate)
+            updates, s_kk, kept = _run_parallel(workers, layers, names, exchange)
         else:
-            updates, s_kk, kept = _run_sequential(model, adapter, workers, originals, names, c0, c_acc,
-                                                  lam, aggregate)
+            updates, s_kk, kept = _run_sequential(model, adapter, workers, originals, names, exchange)
     finally:
         with torch.no_grad():  # never leave the shared model edited
             for layer, weight in originals.items():
@@ -221,14 +228,25 @@ def _restore_dtypes(model, dtypes: dict[str, torch.dtype]) -> None:
             t.data = t.data.to(dtypes[name])
 
 
-def _run_parallel(workers, layers, names, c0, c_acc, lam, aggregate):
-    """All layers' contributions on the unedited model, then one aggregation and a solve per layer."""
+def _local_exchange(c0, c_acc, lam, aggregate) -> Exchange:
+    """Sum the contributions in this process and solve each layer: global and simulated editing."""
+
+    def exchange(step: dict[int, str], per_party: list[dict[int, LayerContribution]]):
+        solved = {}
+        for layer, name in step.items():
+            kk, rk = aggregate(name, [p[layer] for p in per_party])
+            solved[name] = (_solve(name, c0, lam, kk, rk, c_acc), unpack_upper(kk) if kk.dim() == 1 else kk)
+        return solved
+
+    return exchange
+
+
+def _run_parallel(workers, layers, names, exchange: Exchange):
+    """All layers' contributions on the unedited model, then one exchange for all layers."""
     per_party = [w.contributions(list(range(len(layers)))) for w in workers]
-    updates, s_kk = {}, {}
-    for layer, name in zip(layers, names):
-        kk, rk = aggregate(name, [p[layer] for p in per_party])
-        updates[name] = _solve(name, c0, lam, kk, rk, c_acc)
-        s_kk[name] = unpack_upper(kk) if kk.dim() == 1 else kk
+    solved = exchange(dict(zip(layers, names)), per_party)
+    updates = {name: solved[name][0] for name in names}
+    s_kk = {name: solved[name][1] for name in names if solved[name][1] is not None}
     return updates, s_kk, per_party
 
 
@@ -239,17 +257,17 @@ def _apply_layer(model, adapter, layer, originals, update) -> None:
     weight.copy_(originals[layer] + update.to(weight.dtype).to(weight.device))
 
 
-def _run_sequential(model, adapter, workers, originals, names, c0, c_acc, lam, aggregate):
-    """Layer-synchronous rounds: every party on the current weights, aggregate, solve, apply, next layer."""
+def _run_sequential(model, adapter, workers, originals, names, exchange: Exchange):
+    """Layer-synchronous rounds: every party on the current weights, exchange, apply, next layer."""
     layers = workers[0].hp.layers
     updates, s_kk = {}, {}
     per_party = [{} for _ in workers]
     for i, (layer, name) in enumerate(zip(layers, names)):
-        contributions = [w.contributions([i])[layer] for w in workers]
+        contributions = [w.contributions([i]) for w in workers]
         for store, contribution in zip(per_party, contributions):
-            store[layer] = contribution
-        kk, rk = aggregate(name, contributions)
-        updates[name] = _solve(name, c0, lam, kk, rk, c_acc)
-        s_kk[name] = unpack_upper(kk) if kk.dim() == 1 else kk
+            store[layer] = contribution[layer]
+        updates[name], summed = exchange({layer: name}, contributions)[name]
+        if summed is not None:
+            s_kk[name] = summed
         _apply_layer(model, adapter, layer, originals, updates[name])
     return updates, s_kk, per_party
