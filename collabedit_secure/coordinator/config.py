@@ -9,17 +9,16 @@ from __future__ import annotations
 import json
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
 from collabedit_secure.editing.hparams import HparamsError, MemitHparams
 from collabedit_secure.protocol import fingerprints
 from collabedit_secure.protocol.encoding import check_party_id
 from collabedit_secure.protocol.fixedpoint import DEFAULT_SCALE_BITS, MAX_SCALE_BITS
+from collabedit_secure.configfile import ConfigError, read_config_file  # noqa: F401 (re-export)
 
 DEFAULT_DEADLINES = {"join": 120.0, "advertise_keys": 60.0, "share_keys": 60.0, "upload": 300.0,
                      "unmask": 60.0, "download": 300.0}
@@ -30,10 +29,6 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _KNOWN = {"federation_id", "listen", "port_file", "state_dir", "roster", "threshold", "min_parties",
           "schedule", "privacy", "hparams", "c0", "layer_shapes", "model", "model_fingerprint",
           "deadlines", "chunk_bytes", "scale_bits", "tls"}
-
-
-class ConfigError(ValueError):
-    """The configuration file is unreadable or a field is missing or wrong (the message names both)."""
 
 
 @dataclass(frozen=True)
@@ -87,26 +82,10 @@ class CoordinatorConfig:
                 "model": self.model_fingerprint, "hparams": self.hparams_fingerprint, "c0": self.c0_fingerprint}
 
 
-def _read(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: configuration file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read the configuration ({err})") from None
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of fields at the top level")
-    return data
-
-
 def load_config(path: str | Path) -> CoordinatorConfig:
     """Reads and checks a coordinator configuration (YAML, or TOML if the name ends in .toml)."""
     path = Path(path).resolve()
-    data = _read(path)
+    data = read_config_file(path)
     base = path.parent
 
     def fail(name: str, message: str):

@@ -53,3 +53,38 @@ def test_restart_mid_upload(tmp_path, pki, stats):
         for p in parties:
             p.close()
         running.stop(0)
+
+
+def test_restart_mid_unmasking(tmp_path, pki, stats):
+    """One survivor revealed its shares, then the coordinator stopped: the revealed shares are durable,
+    the next reveal completes the unmasking, and the result is the sum of every upload once."""
+    config_path = write_config(tmp_path, stats, pki, threshold=3, min_parties=3)
+    config = load_config(config_path)
+    running = start(config_path)
+    parties = [Party(name, pki, running.port, config) for name in ("a", "b", "c")]
+    data = {p.name: party_statistics(seed) for seed, p in enumerate(parties)}
+    try:
+        prepare(parties)
+        for p in parties:
+            p.upload_step(data[p.name], LAYERS)
+        wait_phase(parties[0], "UNMASKING")
+        parties[0].reveal()
+        before = running.rounds.store.snapshot()
+        running.stop(0)
+
+        running = start(config_path)
+        assert running.rounds.store.snapshot() == before  # nothing lost, nothing added by the restart
+        for p in parties:
+            p.connect(running.port)
+        assert wait_phase(parties[0], "UNMASKING").status.round_id == 1
+        for p in parties[1:]:  # a's reveal from before the restart still counts: t = 3 needs only these
+            p.reveal()
+        deltas = finish_step(parties, LAYERS, unmask=False)
+        wait_phase(parties[0], "COMPLETED", round_id=1)
+        expected = expected_delta(config, list(data.values()))
+        for layer in LAYERS:
+            assert relative_error(deltas[layer], expected[layer].numpy()) <= 1e-9
+    finally:
+        for p in parties:
+            p.close()
+        running.stop(0)
