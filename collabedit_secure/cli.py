@@ -7,6 +7,10 @@
     collabedit eval --model M --dataset PATH [--round-prompts FILE] [--no-fluency | --fluency-tokens N]
                     [--consistency DIR|world] --json OUT
     collabedit bench kernels [--quick] [--repeats N] [--json OUT]
+    collabedit certs init --parties a,b,c --out DIR
+    collabedit coordinator serve --config FILE [--insecure]
+    collabedit party run --config FILE [--insecure]
+    collabedit demo [--json OUT] ...
 
 M is a local HF model directory, a hub name, or `default` (the embedded world model).
 Heavy imports happen inside each command so that `--help` is instant.
@@ -353,7 +357,26 @@ def build_parser() -> argparse.ArgumentParser:
     bench_kernels_module.add_arguments(bench_kernels)
     bench_kernels.set_defaults(handler=_bench_kernels)
 
+    from .coordinator.cli import add_commands as add_coordinator_commands
+    from .party.cli import add_commands as add_party_commands
+
+    add_coordinator_commands(commands)  # coordinator serve, certs init
+    add_party_commands(commands)  # party run
+    from . import demo as demo_module
+
+    demo = commands.add_parser("demo", help="a federation of three party daemons and a coordinator on this "
+                                            "machine, compared with global MEMIT (scripts/dev.sh demo)")
+    demo_module.add_arguments(demo)
+    demo.set_defaults(handler=_demo)
     return parser
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    code = run_demo(args)
+    if code:
+        raise SystemExit(code)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine: creates (or reuses) .venv, installs the project with its
 # compiled kernels, then runs the main job or the tests.
-#   scripts/dev.sh demo   a multi-party collaborative edit on the embedded default (in one process)
+#   scripts/dev.sh demo   a federation on this machine: a coordinator and three party daemons (real
+#                         processes, mutual TLS, masked sums) edit the embedded default; checked against
+#                         global MEMIT
 #   scripts/dev.sh test   the test suite
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,8 +30,7 @@ shift || true
 case "$cmd" in
   demo)
     bootstrap
-    exec "$VENV/bin/collabedit" simulate --parties 3 --edits-per-party 10 --rounds 1 \
-      --schedule sequential --methods collabedit,global,ta,sa,ties --json results/demo.json "$@"
+    exec "$VENV/bin/collabedit" demo --json results/demo.json "$@"
     ;;
   test)
     bootstrap

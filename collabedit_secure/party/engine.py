@@ -1,0 +1,246 @@
+"""What a party computes in a round: MEMIT on its model (ModelEngine), or fixed synthetic statistics
+(SyntheticEngine: protocol tests and benchmarks without a model).
+
+Both leave their model exactly as it was when a round fails or rolls back: ModelEngine relies on
+memit.edit restoring the layers it touched when an exception escapes it (the exchange raises on
+FAILED / ROLLED_BACK) and reverts the returned delta if the round ends badly after it was applied;
+SyntheticEngine edits a copy and commits it only after COMPLETED.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from collabedit_secure.editing.hparams import MemitHparams
+from collabedit_secure.kernels import pack_upper
+from collabedit_secure.protocol import fingerprints
+
+from .round_client import RoundClient
+
+log = logging.getLogger(__name__)
+
+
+def load_hparams(spec: str) -> MemitHparams:
+    return MemitHparams.from_yaml(spec) if spec.endswith((".yaml", ".yml")) else MemitHparams.builtin(spec)
+
+
+def module_name(hparams: MemitHparams, layer: int) -> str:
+    return (hparams.rewrite_module_tmp or "transformer.h.{}.mlp.c_proj").format(layer)
+
+
+def load_c0_dir(directory: str, hparams: MemitHparams) -> dict[str, torch.Tensor]:
+    """C0 per edited module from MEMIT-layout npz files (as the coordinator reads them)."""
+    from collabedit_secure.editing.covariance import import_memit_stats
+    from collabedit_secure.pipeline import stats_file
+
+    return {module_name(hparams, layer): import_memit_stats(
+        stats_file(Path(directory), module_name(hparams, layer), hparams)).moment().to(torch.float64)
+        for layer in hparams.layers}
+
+
+class _Clock:
+    """Adds elapsed seconds to stage_seconds[stage]."""
+
+    def __init__(self, seconds: dict, stage: str):
+        self.seconds, self.stage = seconds, stage
+
+    def __enter__(self):
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.seconds[self.stage] = self.seconds.get(self.stage, 0.0) + time.perf_counter() - self.started
+
+
+# ---------------------------------------------------------------------------------------- model
+
+
+class ModelEngine:
+    """The party's copy of the model; one MEMIT edit per round with the coordinator as the solver."""
+
+    def __init__(self, config, log_: logging.Logger = log):
+        from collabedit_secure.editing.context import generate_context_templates
+        from collabedit_secure.pipeline import covariances, load_model
+
+        self.log = log_
+        self.loaded = load_model(config.model)
+        self.model, self.tok = self.loaded.model, self.loaded.tok
+        self.hparams = load_hparams(config.hparams)
+        if config.c0 == "embedded":
+            self.c0, _ = covariances(self.loaded, self.hparams, progress=False)
+        else:
+            self.c0 = load_c0_dir(config.c0, self.hparams)
+        self.fingerprints = {"model": fingerprints.model_fingerprint(self.model),  # the base, before any round
+                             "hparams": fingerprints.hparams_fingerprint(self.hparams),
+                             "c0": fingerprints.c0_fingerprint(self.c0)}
+        # One set of context templates per base model, as simulate does: every party makes the same.
+        self.templates = generate_context_templates(self.model, self.tok, self.hparams.context_template_seed,
+                                                    self.hparams.context_template_length_params)
+        self.evaluate = config.evaluate
+
+    def restore(self, results: list[dict]) -> str:
+        """Re-apply the deltas of earlier completed rounds (a restarted daemon); last checkpoint path."""
+        from collabedit_secure.editing.delta import EditDelta
+
+        last = ""
+        for result in results:
+            if result.get("phase") == "COMPLETED" and result.get("delta_path"):
+                EditDelta.load(result["delta_path"]).apply(self.model)
+                last = result.get("checkpoint_path", "")
+        return last
+
+    def run_round(self, client: RoundClient, edits, round_dir: Path) -> dict:
+        from collabedit_secure.editing.memit import edit
+
+        requests = [e.request() for e in edits]
+        seconds: dict[str, float] = {}
+        pending: list[int] = []  # layers edit() applied whose ReportApplied is still due
+        in_exchange = [0.0]
+
+        def exchange(step: dict[int, str], per_party):
+            started = time.perf_counter()
+            with _Clock(seconds, "report"):
+                for layer in pending:  # edit() applied ΔW_l before computing this step's keys
+                    client.report_applied(layer)
+                pending.clear()
+            (mine,) = per_party
+            contributions = {layer: (pack_upper(c.s_kk.to(torch.float64)).numpy(),
+                                     c.s_rk.to(torch.float64).numpy()) for layer, c in mine.items()}
+            deltas = client.exchange_step(step, contributions)
+            if client.sequential:
+                pending.extend(step)
+            in_exchange[0] += time.perf_counter() - started
+            return {name: (torch.from_numpy(deltas[layer]), None) for layer, name in step.items()}
+
+        started = time.perf_counter()
+        result = edit(self.model, self.tok, [requests], self.hparams, self.c0, schedule=_schedule(client),
+                      templates=self.templates, exchange=exchange)
+        seconds["compute"] = time.perf_counter() - started - in_exchange[0]  # targets, keys, statistics
+        delta = result.delta
+        with _Clock(seconds, "apply"):
+            delta.apply(self.model)
+        try:
+            with _Clock(seconds, "report"):
+                for layer in (pending if client.sequential else [s.layer for s in client.params.layers]):
+                    client.report_applied(layer)
+            client.wait_finished()
+        except BaseException:
+            delta.revert(self.model)  # nothing of a failed or rolled-back round stays
+            raise
+        with _Clock(seconds, "checkpoint"):
+            checkpoint, delta_path = round_dir / "model", round_dir / "delta"
+            self.model.to(self.loaded.stored_dtype).save_pretrained(checkpoint)
+            (self.loaded.tok_as_stored or self.tok).save_pretrained(checkpoint)
+            delta.save(delta_path)
+        metrics = None
+        if self.evaluate:
+            with _Clock(seconds, "evaluate"):
+                metrics = self._evaluate([e.record for e in edits])
+        return {"applied_layers": [s.layer for s in client.params.layers], "checkpoint_path": str(checkpoint),
+                "delta_path": str(delta_path), "metrics": metrics, "stage_seconds": seconds}
+
+    def _evaluate(self, records: list[dict]) -> dict | None:
+        """Efficacy / generalization / specificity of this party's own edits (fractions), as simulate."""
+        return evaluate_records(self.model, self.tok, records, self.log)
+
+
+def evaluate_records(model, tok, records: list[dict], log_: logging.Logger = log) -> dict | None:
+    from collabedit_secure.eval.report import evaluate_dataset
+
+    usable = [r for r in records if "target_true" in r["requested_rewrite"]]
+    if len(usable) < len(records):
+        log_.warning("%d of %d edits have no target_true and are not evaluated", len(records) - len(usable),
+                     len(records))
+    if not usable:
+        return None
+    # CounterFact's evaluation wants integer case ids; the party's ids are strings.
+    numbered = [{**r, "case_id": i} for i, r in enumerate(usable)]
+    _, summary = evaluate_dataset(model, tok, numbered, fluency=False)
+    return {name: (summary[name] / 100.0 if summary.get(name) is not None else None)
+            for name in ("efficacy", "generalization", "specificity")}
+
+
+def _schedule(client: RoundClient) -> str:
+    return "sequential" if client.sequential else "parallel"
+
+
+# ------------------------------------------------------------------------------------ synthetic
+
+
+class SyntheticEngine:
+    """Fixed statistics from an npz instead of a model, and a 'model' that is ΔW summed over rounds.
+
+    npz keys: model_fingerprint (str), s_kk_<layer> (d_in x d_in, or packed), s_rk_<layer> (d_out x d_in).
+    hparams and C0 come from the configuration, as for a real model (same fingerprints).
+    """
+
+    def __init__(self, config, log_: logging.Logger = log):
+        self.log = log_
+        self.hparams = load_hparams(config.hparams)
+        if config.c0 == "embedded":
+            raise ValueError("synthetic statistics need c0: a directory of MEMIT statistics")
+        self.c0 = load_c0_dir(config.c0, self.hparams)
+        with np.load(config.synthetic, allow_pickle=False) as data:
+            self.stats = {key: np.array(data[key]) for key in data.files}
+        self.fingerprints = {"model": str(self.stats["model_fingerprint"]),
+                             "hparams": fingerprints.hparams_fingerprint(self.hparams),
+                             "c0": fingerprints.c0_fingerprint(self.c0)}
+        self.state_file = config.state_dir / "synthetic_model.npz"
+        self.weights = self._load_weights()
+
+    def _load_weights(self) -> dict[int, np.ndarray]:
+        if self.state_file.is_file():
+            with np.load(self.state_file) as data:
+                return {int(k.removeprefix("w_")): np.array(data[k]) for k in data.files}
+        return {layer: np.zeros(self.stats[f"s_rk_{layer}"].shape) for layer in self.hparams.layers}
+
+    def restore(self, results: list[dict]) -> str:
+        return next((r.get("checkpoint_path", "") for r in reversed(results) if r.get("phase") == "COMPLETED"), "")
+
+    def contribution(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        s_kk = self.stats[f"s_kk_{layer}"].astype(np.float64)
+        s_kk = pack_upper(s_kk) if s_kk.ndim == 2 else s_kk
+        return np.asarray(s_kk), self.stats[f"s_rk_{layer}"].astype(np.float64)
+
+    def run_round(self, client: RoundClient, edits, round_dir: Path) -> dict:
+        seconds: dict[str, float] = {}
+        working = {layer: w.copy() for layer, w in self.weights.items()}
+        deltas: dict[int, np.ndarray] = {}
+        for step in client.steps():
+            received = client.exchange_step(step, {layer: self.contribution(layer) for layer in step})
+            with _Clock(seconds, "apply"):
+                for layer, delta in received.items():
+                    working[layer] = working[layer] + delta
+                    deltas[layer] = delta
+            with _Clock(seconds, "report"):
+                for layer in step:
+                    client.report_applied(layer)
+        client.wait_finished()
+        with _Clock(seconds, "checkpoint"):
+            round_dir.mkdir(parents=True, exist_ok=True)
+            np.savez(round_dir / "delta.npz", **{f"delta_{k}": v for k, v in deltas.items()})
+            np.savez(round_dir / "model.npz", **{f"w_{k}": v for k, v in working.items()})
+            tmp = self.state_file.with_suffix(".tmp.npz")
+            np.savez(tmp, **{f"w_{k}": v for k, v in working.items()})
+            tmp.replace(self.state_file)  # committed only now: a failed round never touches it
+        self.weights = working
+        return {"applied_layers": sorted(deltas), "checkpoint_path": str(round_dir / "model.npz"),
+                "delta_path": str(round_dir / "delta.npz"), "metrics": None, "stage_seconds": seconds}
+
+
+def read_synthetic_delta(path: str | Path) -> dict[int, np.ndarray]:
+    with np.load(path) as data:
+        return {int(k.removeprefix("delta_")): np.array(data[k]) for k in data.files}
+
+
+def write_synthetic_stats(path: str | Path, model_fingerprint: str, stats: dict[int, tuple]) -> Path:
+    """stats: layer -> (S_KK d_in x d_in, S_RK d_out x d_in); the npz a synthetic party reads."""
+    arrays = {"model_fingerprint": np.array(model_fingerprint)}
+    for layer, (s_kk, s_rk) in stats.items():
+        arrays[f"s_kk_{layer}"], arrays[f"s_rk_{layer}"] = np.asarray(s_kk), np.asarray(s_rk)
+    np.savez(path, **arrays)
+    return Path(path)

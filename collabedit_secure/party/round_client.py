@@ -1,0 +1,497 @@
+"""A party's side of one round (docs/federation.md), with no model: statistics in, ΔW out.
+
+    client = RoundClient(stub, identity, ca_pem, federation_id, fingerprints, log)
+    params = client.join()                 # enrol, wait until the roster is fixed
+    client.setup_keys()                    # mask mode: signed keys, verified peers, Shamir share boxes
+    for step in client.steps():            # {layer: module name}, one per step of the schedule
+        deltas = client.exchange_step(step, {layer: (s_kk_upper, s_rk)})
+        ...apply...; client.report_applied(layer)
+    client.wait_finished()                 # COMPLETED, or RoundAborted (FAILED / ROLLED_BACK)
+
+Everything a party sends is checked before it leaves: fixed-point overflow refuses the whole step
+before the first byte. Costs (seconds, bytes sent/received) are kept per stage in `client.stats`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import grpc
+import numpy as np
+
+from collabedit_secure.protocol.encoding import Binding
+from collabedit_secure.protocol.fixedpoint import RoundNumerics
+from collabedit_secure.protocol.keys import (
+    KeyAdvertisement, KeyAdvertisementError, RoundKeys, check_unique_keys, sign_advertisement, verify_advertisement,
+)
+from collabedit_secure.protocol.masking import masked_upload
+from collabedit_secure.protocol.recovery import share_index, split_round_secrets
+from collabedit_secure.protocol.shamir import Y_BYTES
+from collabedit_secure.protocol.sharebox import open_shares, seal_shares
+from collabedit_secure.rpc.generated import common_pb2 as cpb
+from collabedit_secure.rpc.generated import coordinator_pb2 as pb
+
+PHASE = cpb.RoundPhase
+TERMINAL = {PHASE.ROUND_PHASE_COMPLETED, PHASE.ROUND_PHASE_FAILED, PHASE.ROUND_PHASE_ROLLED_BACK}
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+TENSORS = ("TENSOR_S_KK_UPPER", "TENSOR_S_RK")
+PARTY_METADATA_KEY = "x-collabedit-party"  # identity on an --insecure channel (no client certificate)
+
+
+class RoundError(RuntimeError):
+    """This party cannot go on with the round (a local refusal or a protocol violation)."""
+
+
+class RoundAborted(RoundError):
+    """The coordinator ended the round FAILED or ROLLED_BACK; nothing of it may be kept."""
+
+    def __init__(self, phase: int, reason: str):
+        super().__init__(f"round {PHASE.Name(phase)}: {reason or 'no reason given'}")
+        self.phase, self.reason = phase, reason
+
+
+def phase_name(phase: int) -> str:
+    return PHASE.Name(phase).removeprefix("ROUND_PHASE_")
+
+
+@dataclass
+class StageStats:
+    """Wall seconds and gRPC payload bytes per stage ("join", "keys", "mask", "upload", ...)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    sent: dict[str, int] = field(default_factory=dict)
+    received: dict[str, int] = field(default_factory=dict)
+
+    def add(self, stage: str, seconds: float = 0.0, sent: int = 0, received: int = 0) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+        self.sent[stage] = self.sent.get(stage, 0) + sent
+        self.received[stage] = self.received.get(stage, 0) + received
+
+    def as_dict(self) -> dict:
+        return {"stage_seconds": dict(self.seconds), "bytes_sent": dict(self.sent),
+                "bytes_received": dict(self.received)}
+
+
+class _Timer:
+    def __init__(self, stats: StageStats, stage: str):
+        self.stats, self.stage = stats, stage
+
+    def __enter__(self):
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.stats.add(self.stage, time.perf_counter() - self.started)
+
+
+def _sha(data) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+class RoundClient:
+    """One round of one party. Make a new RoundClient for every round (keys are per round)."""
+
+    def __init__(self, stub, identity, ca_pem: bytes | None, federation_id: str, fingerprints: dict[str, str],
+                 log: logging.Logger | None = None, *, party_id: str | None = None, insecure: bool = False,
+                 rpc_timeout_s: float = 30.0, join_deadline_s: float = 60.0, phase_timeout_s: float = 600.0,
+                 retries: int = 5, sleep: Callable[[float], None] = time.sleep, stall: str | None = None):
+        self.stub, self.identity, self.ca_pem = stub, identity, ca_pem
+        self.federation_id, self.fingerprints = federation_id, fingerprints
+        self.log = log or logging.getLogger(__name__)
+        self.me = party_id or (identity.common_name if identity is not None else None)
+        if not self.me:
+            raise ValueError("RoundClient needs a party id (the certificate CN)")
+        self.metadata = ((PARTY_METADATA_KEY, self.me),) if insecure else None
+        self.rpc_timeout_s, self.join_deadline_s, self.phase_timeout_s = rpc_timeout_s, join_deadline_s, phase_timeout_s
+        self.retries, self.sleep = retries, sleep
+        self.stats = StageStats()
+        self.params: pb.RoundParameters | None = None  # type: ignore[name-defined]
+        self.status = None
+        self.keys: RoundKeys | None = None
+        self.peer_mask_keys: dict[str, bytes] = {}
+        self.shares: dict[str, tuple] = {}  # owner -> (self_secret share, mask key share) held by me
+        self.revealed: dict[str, int] = {}  # owner -> ShareKind revealed this round (never both kinds)
+        self.digests: dict[int, bytes] = {}  # layer -> sha256 of the ΔW payload downloaded
+        self.steps_done = 0
+        # Tests only: "before_upload:K" / "after_upload:K" hangs at that point of step K, so that a test
+        # can SIGKILL the process exactly there (daemon: COLLABEDIT_TEST_STALL).
+        self.stall = stall
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def round_id(self) -> int:
+        return self.params.round_id
+
+    @property
+    def mask_mode(self) -> bool:
+        return self.params.privacy_mode == cpb.PRIVACY_MODE_MASK
+
+    @property
+    def sequential(self) -> bool:
+        return self.params.schedule == cpb.SCHEDULE_SEQUENTIAL
+
+    def _call(self, stage: str, method: str, request, retry: bool = True):
+        """A unary RPC with its bytes counted; UNAVAILABLE and friends are retried with backoff."""
+        for attempt in range(self.retries + 1):
+            try:
+                response = getattr(self.stub, method)(request, timeout=self.rpc_timeout_s, metadata=self.metadata)
+                self.stats.add(stage, sent=request.ByteSize(), received=response.ByteSize())
+                return response
+            except grpc.RpcError as error:
+                if not retry or error.code() not in RETRYABLE or attempt == self.retries:
+                    raise
+                self.sleep(self._backoff(attempt))
+
+    @staticmethod
+    def _backoff(attempt: int, base: float = 0.1, cap: float = 5.0) -> float:
+        # Full jitter (AWS architecture blog): parties that lost the coordinator together do not return together.
+        return random.uniform(0, min(cap, base * 2 ** attempt))
+
+    def _get_round(self, stage: str = "wait"):
+        response = self._call(stage, "GetRound", pb.GetRoundRequest(round_id=self.round_id))
+        self.status = response.status
+        return response
+
+    def _wait(self, done: Callable, stage: str, what: str, timeout: float | None = None):
+        """Poll GetRound until done(status); a terminal phase that is not done raises RoundAborted."""
+        deadline = time.monotonic() + (timeout or self.phase_timeout_s)
+        interval = 0.02
+        with _Timer(self.stats, stage):
+            while True:
+                status = self._get_round(stage).status
+                if done(status):
+                    return status
+                if status.phase in TERMINAL:
+                    raise RoundAborted(status.phase, status.failure_reason)
+                if time.monotonic() > deadline:
+                    raise RoundError(f"round {self.round_id}: timed out waiting for {what} "
+                                     f"(phase {phase_name(status.phase)})")
+                self.sleep(interval)
+                interval = min(interval * 1.5, 0.25)
+
+    def _poll_precondition(self, stage: str, method: str, request, what: str):
+        """Call until the RPC stops answering FAILED_PRECONDITION (its phase has not come yet)."""
+        deadline = time.monotonic() + self.phase_timeout_s
+        interval = 0.02
+        while True:
+            try:
+                return self._call(stage, method, request)
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                status = self._get_round(stage).status
+                if status.phase in TERMINAL:
+                    raise RoundAborted(status.phase, status.failure_reason) from None
+                if time.monotonic() > deadline:
+                    raise RoundError(f"round {self.round_id}: timed out waiting for {what}: {error.details()}") from None
+            self.sleep(interval)
+            interval = min(interval * 1.5, 0.25)
+
+    # ------------------------------------------------------------------ join
+
+    def join(self):
+        """Enrol in the open round (retrying while the coordinator is unreachable) and wait for the roster."""
+        request = pb.JoinFederationRequest(
+            federation_id=self.federation_id, model_fingerprint=self.fingerprints["model"],
+            hparams_fingerprint=self.fingerprints["hparams"], c0_fingerprint=self.fingerprints["c0"])
+        deadline = time.monotonic() + self.join_deadline_s
+        attempt = 0
+        with _Timer(self.stats, "join"):
+            while True:
+                try:
+                    response = self._call("join", "JoinFederation", request, retry=False)
+                    break
+                except grpc.RpcError as error:
+                    if error.code() not in RETRYABLE or time.monotonic() > deadline:
+                        if error.code() in RETRYABLE:
+                            raise RoundError(f"coordinator unreachable for {self.join_deadline_s:.0f} s: "
+                                             f"{error.details()}") from None
+                        raise
+                    self.sleep(min(self._backoff(attempt), max(0.0, deadline - time.monotonic())))
+                    attempt += 1
+        if response.party_id and response.party_id != self.me:
+            raise RoundError(f"the coordinator knows this party as {response.party_id!r}, not {self.me!r}")
+        self.params, self.status = response.parameters, response.status
+        self.log.info("joined round %d (%s, %s)", self.round_id, cpb.PrivacyMode.Name(self.params.privacy_mode),
+                      cpb.Schedule.Name(self.params.schedule))
+        if self.params.privacy_mode == cpb.PRIVACY_MODE_PLAIN:
+            self.log.warning("PLAIN MODE: this round sends this party's statistics UNPROTECTED; the coordinator "
+                             "sees them. Debugging and benchmarks only.")
+        return self.params
+
+    def wait_roster(self):
+        """Block until the round leaves WAITING_FOR_PARTIES; returns the final parameters."""
+        self._wait(lambda s: s.phase != PHASE.ROUND_PHASE_WAITING_FOR_PARTIES, "join", "the roster",
+                   timeout=self._deadline_s("join", self.join_deadline_s) + 30)
+        self.params = self._get_round("join").parameters
+        if self.me not in self.params.roster:
+            raise RoundError(f"round {self.round_id} started without this party ({self.me!r} is not in the roster "
+                             f"{list(self.params.roster)})")
+        if self.params.privacy_mode not in (cpb.PRIVACY_MODE_MASK, cpb.PRIVACY_MODE_PLAIN):
+            raise RoundError(f"privacy mode {cpb.PrivacyMode.Name(self.params.privacy_mode)} is not supported "
+                             "by this party")
+        return self.params
+
+    def _deadline_s(self, name: str, default: float) -> float:
+        deadline = getattr(self.params.deadlines, name)
+        seconds = deadline.seconds + deadline.nanos / 1e9
+        return seconds if seconds > 0 else default
+
+    def steps(self) -> list[dict[int, str]]:
+        """The schedule's steps: one with every layer (parallel) or one per layer (sequential)."""
+        layers = {spec.layer: spec.module_name for spec in self.params.layers}
+        if self.sequential:
+            return [{layer: name} for layer, name in layers.items()]
+        return [layers]
+
+    # ------------------------------------------------------------------ keys and shares
+
+    def setup_keys(self) -> None:
+        """Mask mode: advertise signed keys, verify every peer's, exchange Shamir share boxes."""
+        if not self.mask_mode:
+            return
+        if self.identity is None:
+            raise RoundError("mask mode needs the party's certificate and key to sign its round keys")
+        with _Timer(self.stats, "keys"):
+            self.keys = RoundKeys.generate()
+            mine = sign_advertisement(self.identity.private_key, self.identity.certificate_pem, self.federation_id,
+                                      self.round_id, self.me, self.keys)
+            self._call("keys", "AdvertiseKeys", pb.AdvertiseKeysRequest(
+                round_id=self.round_id, mask_public_key=mine.mask_public_key,
+                share_public_key=mine.share_public_key, certificate_pem=mine.certificate_pem.decode(),
+                signature=mine.signature))
+            listed = self._poll_precondition("keys", "ListKeyAdvertisements",
+                                             pb.ListKeyAdvertisementsRequest(round_id=self.round_id),
+                                             "every party's keys").advertisements
+            self.params = self._get_round("keys").parameters  # the roster is final now (Shamir x)
+            adverts = self._verify_advertisements(listed, mine)
+            self._share_secrets(adverts)
+
+    def _verify_advertisements(self, listed, mine: KeyAdvertisement) -> dict[str, KeyAdvertisement]:
+        adverts = {}
+        try:
+            for item in listed:
+                adv = KeyAdvertisement(item.party_id, item.mask_public_key, item.share_public_key,
+                                       item.certificate_pem.encode(), item.signature)
+                verify_advertisement(adv, self.ca_pem, self.federation_id, self.round_id)
+                if adv.party_id not in self.params.roster:
+                    raise KeyAdvertisementError(f"advertisement of {adv.party_id!r}, who is not in the roster")
+                adverts[adv.party_id] = adv
+            check_unique_keys(adverts.values())
+            own = adverts.get(self.me)
+            if own is None or (own.mask_public_key, own.share_public_key) != (mine.mask_public_key,
+                                                                               mine.share_public_key):
+                raise KeyAdvertisementError(f"the coordinator lists keys for {self.me!r} that are not the ones this "
+                                            "party advertised (substituted keys)")
+        except KeyAdvertisementError as error:
+            self.log.error("ABORTING round %d: %s", self.round_id, error)
+            raise RoundError(f"round {self.round_id} aborted locally: {error}") from None
+        return adverts
+
+    def _share_secrets(self, adverts: dict[str, KeyAdvertisement]) -> None:
+        roster = list(self.params.roster)
+        my_x = share_index(roster, self.me)
+        split = split_round_secrets(self.keys, roster, self.params.threshold)
+        boxes = [pb.EncryptedShare(sender_party_id=self.me, recipient_party_id=peer, ciphertext=seal_shares(
+                     self.federation_id, self.round_id, self.me, peer, self.keys.share_private_key,
+                     adverts[peer].share_public_key, *split[peer]))
+                 for peer in sorted(adverts) if peer != self.me]
+        self._call("keys", "SubmitEncryptedShares", pb.SubmitEncryptedSharesRequest(round_id=self.round_id,
+                                                                                    shares=boxes))
+        received = self._poll_precondition("keys", "ListEncryptedShares",
+                                           pb.ListEncryptedSharesRequest(round_id=self.round_id),
+                                           "every party's share boxes").shares
+        self.shares = {self.me: split[self.me]}
+        for box in received:
+            sender = box.sender_party_id
+            if box.recipient_party_id != self.me or sender not in adverts or sender == self.me:
+                raise RoundError(f"unexpected share box from {sender!r} to {box.recipient_party_id!r}")
+            self.shares[sender] = open_shares(self.federation_id, self.round_id, sender, self.me,
+                                              self.keys.share_private_key, adverts[sender].share_public_key,
+                                              box.ciphertext, expected_x=my_x)
+        # Masks pair us with every party that is still in after the share exchange (those we hold shares of).
+        self.peer_mask_keys = {p: adverts[p].mask_public_key for p in self.shares if p != self.me}
+        self.log.info("round %d: keys verified for %d parties, shares from %d", self.round_id, len(adverts),
+                      len(received))
+
+    # ------------------------------------------------------------------ one step
+
+    def exchange_step(self, step_layers: dict[int, str],
+                      contributions: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[int, np.ndarray]:
+        """Upload this step's statistics, take part in unmasking, download ΔW per layer."""
+        if set(contributions) != set(step_layers):
+            raise ValueError(f"contributions for layers {sorted(contributions)}, the step has {sorted(step_layers)}")
+        specs = {spec.layer: spec for spec in self.params.layers}
+        layer = next(iter(step_layers)) if self.sequential else None
+        self._wait(lambda s: s.phase == PHASE.ROUND_PHASE_UPLOADING and (layer is None or s.current_layer == layer),
+                   "wait", f"uploads of step {self.steps_done}")
+        payloads = self._encode(step_layers, contributions, specs)  # every tensor, before anything is sent
+        self._maybe_stall("before_upload")
+        for (lay, tensor), (shape, encoding, data) in payloads.items():
+            self._upload(lay, tensor, shape, encoding, data)
+        self._maybe_stall("after_upload")
+        if self.mask_mode and self.steps_done == 0:
+            self._unmask(layer)
+        self._wait(lambda s: s.phase in (PHASE.ROUND_PHASE_DOWNLOADING, PHASE.ROUND_PHASE_COMPLETED)
+                   and (layer is None or s.current_layer == layer or layer in s.layers_completed),
+                   "wait", f"the solve of step {self.steps_done}")
+        deltas = {lay: self._download(specs[lay]) for lay in step_layers}
+        self.steps_done += 1
+        return deltas
+
+    def _maybe_stall(self, point: str) -> None:
+        if self.stall == f"{point}:{self.steps_done}":
+            self.log.warning("TEST STALL at %s of step %d", point, self.steps_done)
+            time.sleep(3600)
+
+    def _encode(self, step_layers, contributions, specs) -> dict:
+        numerics = RoundNumerics(len(self.params.roster), self.params.scale_bits, self.params.per_party_bound) \
+            if self.mask_mode else None
+        out = {}
+        with _Timer(self.stats, "mask"):
+            for lay in step_layers:
+                spec = specs.get(lay)
+                if spec is None:
+                    raise RoundError(f"layer {lay} is not in round {self.round_id}")
+                s_kk, s_rk = contributions[lay]
+                want = {"TENSOR_S_KK_UPPER": (spec.d_in * (spec.d_in + 1) // 2,), "TENSOR_S_RK": (spec.d_out, spec.d_in)}
+                for tensor, values in zip(TENSORS, (s_kk, s_rk)):
+                    values = np.ascontiguousarray(values, dtype=np.float64)
+                    if values.shape != want[tensor]:
+                        raise ValueError(f"layer {lay} {tensor}: shape {values.shape}, the round expects {want[tensor]}")
+                    if self.mask_mode:
+                        binding = Binding(self.federation_id, self.round_id, lay, tensor, want[tensor])
+                        words = masked_upload(values, numerics, binding, self.me, self.keys, self.peer_mask_keys)
+                        data, encoding = words.astype("<u8", copy=False).tobytes(), cpb.ENCODING_RING_U64_LE
+                    else:
+                        data, encoding = values.astype("<f8", copy=False).tobytes(), cpb.ENCODING_FLOAT64_LE
+                    out[(lay, tensor)] = (want[tensor], encoding, data)
+        return out
+
+    def _upload(self, layer: int, tensor: str, shape, encoding: int, data: bytes) -> None:
+        digest, chunk = _sha(data), self.params.chunk_bytes or (1 << 20)
+        header = cpb.PayloadHeader(round_id=self.round_id, layer=layer, tensor=cpb.Tensor.Value(tensor),
+                                   shape=list(shape), encoding=encoding, total_bytes=len(data), sha256=digest)
+        view = memoryview(data)
+
+        def messages() -> Iterator:
+            yield pb.UploadContributionRequest(header=header)
+            for offset in range(0, len(data), chunk):
+                piece = bytes(view[offset:offset + chunk])
+                yield pb.UploadContributionRequest(chunk=cpb.PayloadChunk(offset=offset, data=piece, sha256=_sha(piece)))
+
+        sent = header.ByteSize() + len(data) + 48 * (len(data) // chunk + 1)  # payload + framing, roughly
+        with _Timer(self.stats, "upload"):
+            for attempt in range(self.retries + 1):
+                try:
+                    response = self.stub.UploadContribution(messages(), timeout=self.phase_timeout_s,
+                                                            metadata=self.metadata)
+                    break
+                except grpc.RpcError as error:  # a cut stream changed nothing durable: resend from the header
+                    retry = error.code() in RETRYABLE or error.code() == grpc.StatusCode.DATA_LOSS
+                    if not retry or attempt == self.retries:
+                        raise
+                    self.log.warning("upload of layer %d %s failed (%s); retrying", layer, tensor, error.code().name)
+                    self.stats.add("upload", sent=sent)
+                    self.sleep(self._backoff(attempt))
+            self.stats.add("upload", sent=sent, received=response.ByteSize())
+        if response.sha256 != digest:
+            raise RoundError(f"the coordinator acknowledged layer {layer} {tensor} with another digest")
+
+    def _unmask(self, layer: int | None) -> None:
+        """Reveal self-mask shares of survivors and mask-key shares of dropped parties, never both.
+        The coordinator goes on once t survivors revealed, so a late party may find it already solving."""
+        request = pb.GetUnmaskingPlanRequest(round_id=self.round_id, layer=layer)
+        with _Timer(self.stats, "unmask"):
+            status = self._wait(lambda s: s.phase != PHASE.ROUND_PHASE_UPLOADING, "unmask", "the end of uploads")
+            while status.phase == PHASE.ROUND_PHASE_UNMASKING:
+                try:
+                    plan = self._call("unmask", "GetUnmaskingPlan", request)
+                    self._call("unmask", "SubmitUnmaskingShares", pb.SubmitUnmaskingSharesRequest(
+                        round_id=self.round_id, layer=layer, shares=self.reveals_for(plan.survivors, plan.dropped)))
+                    return
+                except grpc.RpcError as error:
+                    if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                        raise
+                status = self._get_round("unmask").status  # moved on without our reveals: fine
+            if status.phase in TERMINAL and status.phase != PHASE.ROUND_PHASE_COMPLETED:
+                raise RoundAborted(status.phase, status.failure_reason)
+
+    def reveals_for(self, survivors, dropped) -> list:
+        """The RevealedShares a plan asks for; RoundError for a plan that must be refused."""
+        survivors, dropped = list(survivors), list(dropped)
+        both = sorted(set(survivors) & set(dropped))
+        if both:
+            raise RoundError(f"REFUSED unmasking plan: it asks for both share kinds of {both}; that would unmask "
+                             "their contributions")
+        if self.me not in survivors:
+            raise RoundError(f"unmasking plan does not list this party ({self.me!r}) as a survivor")
+        x = share_index(list(self.params.roster), self.me)
+        out = []
+        for owners, kind, pick in ((survivors, cpb_share_kind("SELF_MASK_SEED"), 0),
+                                   (dropped, cpb_share_kind("MASK_KEY"), 1)):
+            for owner in owners:
+                if owner not in self.shares:
+                    raise RoundError(f"unmasking plan names {owner!r}, of whom this party holds no shares")
+                if self.revealed.get(owner, kind) != kind:
+                    raise RoundError(f"REFUSED unmasking plan: a share of the other kind was already revealed for "
+                                     f"{owner!r} in this round")
+                self.revealed[owner] = kind
+                share = self.shares[owner][pick]
+                out.append(pb.RevealedShare(owner_party_id=owner, kind=kind, x=x, y=share.y.to_bytes(Y_BYTES, "big")))
+        return out
+
+    def _download(self, spec) -> np.ndarray:
+        """ΔW of one layer; a cut stream resumes at the bytes already received."""
+        received, header, attempt = bytearray(), None, 0
+        with _Timer(self.stats, "download"):
+            while True:
+                try:
+                    stream = self.stub.DownloadUpdate(pb.DownloadUpdateRequest(
+                        round_id=self.round_id, layer=spec.layer, start_offset=len(received)),
+                        timeout=self.phase_timeout_s, metadata=self.metadata)
+                    for message in stream:
+                        self.stats.add("download", received=message.ByteSize())
+                        if message.HasField("header"):
+                            header = message.header
+                            continue
+                        chunk = message.chunk
+                        if chunk.offset != len(received) or _sha(chunk.data) != chunk.sha256:
+                            raise RoundError(f"layer {spec.layer}: bad chunk at offset {chunk.offset}")
+                        received += chunk.data
+                    break
+                except grpc.RpcError as error:
+                    if error.code() not in RETRYABLE or attempt == self.retries:
+                        raise
+                    self.log.warning("download of layer %d cut at %d bytes (%s); resuming", spec.layer,
+                                     len(received), error.code().name)
+                    self.sleep(self._backoff(attempt))
+                    attempt += 1
+        shape = (spec.d_out, spec.d_in)
+        if header is None or tuple(header.shape) != shape or header.encoding != cpb.ENCODING_FLOAT64_LE:
+            raise RoundError(f"layer {spec.layer}: ΔW header is missing or not float64 {shape}")
+        if len(received) != header.total_bytes or _sha(bytes(received)) != header.sha256:
+            raise RoundError(f"layer {spec.layer}: ΔW payload is incomplete or its sha256 does not match")
+        self.digests[spec.layer] = header.sha256
+        return np.frombuffer(bytes(received), dtype="<f8").astype(np.float64).reshape(shape)
+
+    # ------------------------------------------------------------------ after the step
+
+    def report_applied(self, layer: int, delta_sha256: bytes | None = None):
+        with _Timer(self.stats, "report"):
+            return self._call("report", "ReportApplied", pb.ReportAppliedRequest(
+                round_id=self.round_id, layer=layer, sha256=delta_sha256 or self.digests[layer]))
+
+    def wait_finished(self):
+        """COMPLETED status, else RoundAborted."""
+        return self._wait(lambda s: s.phase == PHASE.ROUND_PHASE_COMPLETED, "wait", "the end of the round")
+
+
+def cpb_share_kind(name: str) -> int:
+    return pb.ShareKind.Value(f"SHARE_KIND_{name}")
