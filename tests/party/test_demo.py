@@ -62,13 +62,6 @@ def test_demo_on_a_tiny_model(tiny_setup, tmp_path, schedule, capsys):
     assert report["metrics"]["federated"] == pytest.approx(report["metrics"]["global"])
 
 
-def _world_installed() -> bool:
-    from collabedit_secure.world.reference import REFERENCE_DIR, MANIFEST
-
-    return (REFERENCE_DIR / MANIFEST).is_file()
-
-
-@pytest.mark.skipif(not _world_installed(), reason="the embedded world's reference build is not installed")
 def test_demo_on_the_world_model(tmp_path):
     out = tmp_path / "demo.json"
     assert demo_main(["--edits-per-party", "2", "--workdir", str(tmp_path / "work"), "--json", str(out),
