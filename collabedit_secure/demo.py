@@ -82,6 +82,20 @@ def _coordinator_phase_seconds(log_path: Path, round_id: int) -> dict[str, float
     return seconds
 
 
+def _coordinator_payload_bytes(log_path: Path, round_id: int) -> dict[str, int]:
+    """Payload bytes the coordinator itself logged: accepted uploads in, served updates out."""
+    received = sent = 0
+    for line in log_path.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("round") == round_id:
+            received += event.get("bytes", 0) if event.get("event") == "upload_accepted" else 0
+            sent += event.get("bytes", 0) if event.get("event") == "update_served" else 0
+    return {"bytes_received": received, "bytes_sent": sent}
+
+
 def _rel_err(fed: dict, ref: dict) -> dict[str, float]:
     import torch
 
@@ -206,9 +220,7 @@ def run_demo(args) -> int:
 
         processes = {"coordinator": {"wall_seconds": wall,
                                      "stage_seconds": _coordinator_phase_seconds(fed.log_path("coordinator"), round_id),
-                                     # what the parties sent is what the coordinator received, and vice versa
-                                     "bytes_received": sum(r.bytes_sent for r in results.values()),
-                                     "bytes_sent": sum(r.bytes_received for r in results.values())}}
+                                     **_coordinator_payload_bytes(fed.log_path("coordinator"), round_id)}}
         for p in PARTIES:
             detail = json.loads((fed.root / f"{p}-state" / "rounds" / str(round_id) / "result.json").read_text())
             processes[p] = {"wall_seconds": detail["wall_seconds"], "stage_seconds": dict(results[p].stage_seconds),

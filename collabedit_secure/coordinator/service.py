@@ -184,6 +184,8 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 yield cpb.DownloadUpdateResponse(chunk=pb.PayloadChunk(
                     offset=offset, data=data, sha256=hashlib.sha256(data).digest()))
                 offset += len(data)
+        log_event("update_served", round=request.round_id, layer=request.layer, party=self._party(context),
+                  bytes=offset - request.start_offset)
 
     def DownloadAggregate(self, request, context):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "DownloadAggregate serves HE mode, which this coordinator "
