@@ -199,6 +199,7 @@ def run_demo(args) -> int:
         _say(f"round {round_id} COMPLETED in {wall:.1f} s; every party saved a checkpoint and evaluated its edits")
 
         _say(f"global MEMIT on all {len(all_records)} edits in this process (the reference)")
+        torch.set_num_threads(1)  # as the parties ran (party/local.py): the same kernels, the same arithmetic
         c0 = covariances(loaded, hparams, progress=False)[0] if args.c0 == "embedded" else load_c0_dir(args.c0, hparams)
         templates = generate_context_templates(loaded.model, loaded.tok, hparams.context_template_seed,
                                                hparams.context_template_length_params)

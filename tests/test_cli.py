@@ -579,8 +579,8 @@ def test_a_terminated_world_build_leaves_nothing_behind(tmp_path):
     import signal
     import time
 
-    running = subprocess.Popen([str(Path(sys.executable).parent / "collabedit"), "world", "build", "--out",
-                                str(tmp_path / "w")], stderr=subprocess.PIPE, text=True)
+    running = subprocess.Popen([str(Path(sys.executable).parent / "collabedit"), "world", "build", "--train",
+                                "--out", str(tmp_path / "w")], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".w.building-*")):
         assert running.poll() is None and time.monotonic() < deadline
@@ -640,7 +640,7 @@ def test_an_unusable_cache_is_a_clean_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLLABEDIT_CACHE", str(tmp_path))
     lock = tmp_path / f"world-{WorldConfig().cache_key()}.lock"
     lock.mkdir()  # the cache cannot be locked for a build: an OSError, not a traceback
-    assert main(["world", "build"]) == 2
+    assert main(["world", "build", "--train"]) == 2
     assert str(lock) in capsys.readouterr().err
 
 

@@ -25,6 +25,13 @@ from collabedit_secure.rpc.generated import coordinator_pb2_grpc, party_pb2_grpc
 from collabedit_secure.rpc.tls import channel_credentials, init_federation_pki, load_identity
 
 
+# Four processes share this machine's cores: with one math thread each, no OpenMP thread spins
+# waiting for a sibling that another process has preempted (two threads per process on two cores
+# made compute_z 10-40 times slower). The demo computes its global reference on one thread too, so
+# both sides run the same kernels.
+SINGLE_THREADED = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 class ProcessFailed(RuntimeError):
     pass
 
@@ -72,7 +79,7 @@ class LocalFederation:
         port_file = self.root / f"{name}.port"
         port_file.unlink(missing_ok=True)
         log = open(self.root / "logs" / f"{name}.log", "ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env.get(name, {})}
+        env = {**os.environ, **SINGLE_THREADED, "PYTHONUNBUFFERED": "1", **self.env.get(name, {})}
         self.procs[name] = subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT,
                                             cwd=self.root, env=env, start_new_session=True)
         log.close()
