@@ -55,7 +55,7 @@ def test_bfloat16_training_learns_and_saves_float32_weights(tmp_path):
     """Autocast lowers only the matmuls; the weights written to the cache stay float32."""
     from safetensors import safe_open
 
-    bundle = build_world(tmp_path / "bf16", tiny_config(train_dtype="bfloat16"), progress=False)
+    bundle = build_world(tmp_path / "bf16", tiny_config(train_dtype="bfloat16", n_layer=2), progress=False)
     history = bundle.knowledge["history"]
     assert history[-1]["loss"] < history[0]["loss"] - 0.5
     with safe_open(str(bundle.model_dir / "model.safetensors"), framework="pt") as weights:
