@@ -98,10 +98,6 @@ class DataLoss(CoordinatorError):
     code = grpc.StatusCode.DATA_LOSS
 
 
-class ResourceExhausted(CoordinatorError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
 def log_event(event: str, **fields) -> None:
     """One JSON line per state change on stderr (what an operator greps and a collector parses)."""
     record = {"ts": round(time.time(), 3), "event": event, **{k: v for k, v in fields.items() if v is not None}}
