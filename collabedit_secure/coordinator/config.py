@@ -18,6 +18,7 @@ from collabedit_secure.editing.hparams import HparamsError, MemitHparams
 from collabedit_secure.protocol import fingerprints
 from collabedit_secure.protocol.encoding import check_party_id
 from collabedit_secure.protocol.fixedpoint import DEFAULT_SCALE_BITS, MAX_SCALE_BITS
+from collabedit_secure.protocol.he import HeError, HeParameters
 from collabedit_secure.configfile import ConfigError, read_config_file  # noqa: F401 (re-export)
 
 DEFAULT_DEADLINES = {"join": 120.0, "advertise_keys": 60.0, "share_keys": 60.0, "upload": 300.0,
@@ -28,7 +29,7 @@ EMBEDDED_ROOT = Path(__file__).resolve().parents[1] / "world" / "reference"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _KNOWN = {"federation_id", "listen", "port_file", "state_dir", "roster", "threshold", "min_parties",
           "schedule", "privacy", "hparams", "c0", "layer_shapes", "model", "model_fingerprint",
-          "deadlines", "chunk_bytes", "scale_bits", "tls"}
+          "deadlines", "chunk_bytes", "scale_bits", "he", "tls"}
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class CoordinatorConfig:
     threshold: int
     min_parties: int
     schedule: str  # "sequential" | "parallel"
-    privacy: str  # "mask" | "plain"
+    privacy: str  # "mask" | "plain" | "he"
     hparams: MemitHparams
     layers: tuple[Layer, ...]
     lambdas: tuple[float, ...]  # lambda per layer, in the order of `layers`
@@ -72,6 +73,7 @@ class CoordinatorConfig:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     scale_bits: int = DEFAULT_SCALE_BITS
     tls: TLSPaths | None = None
+    he: HeParameters | None = None  # privacy "he" only
 
     def public_parameters(self) -> dict:
         """What a round's parameters are made of (besides its roster): a restart compares these."""
@@ -79,7 +81,8 @@ class CoordinatorConfig:
                 "threshold": self.threshold, "min_parties": self.min_parties,
                 "layers": [[l.layer, l.module_name, l.d_out, l.d_in] for l in self.layers],
                 "lambdas": list(self.lambdas), "scale_bits": self.scale_bits, "chunk_bytes": self.chunk_bytes,
-                "model": self.model_fingerprint, "hparams": self.hparams_fingerprint, "c0": self.c0_fingerprint}
+                "model": self.model_fingerprint, "hparams": self.hparams_fingerprint, "c0": self.c0_fingerprint,
+                **({"he": self.he.as_dict()} if self.he else {})}
 
 
 def load_config(path: str | Path) -> CoordinatorConfig:
@@ -141,8 +144,8 @@ def load_config(path: str | Path) -> CoordinatorConfig:
     if schedule not in ("sequential", "parallel"):
         fail("schedule", f"must be 'sequential' or 'parallel', got {schedule!r}")
     privacy = data.get("privacy", "mask")
-    if privacy not in ("mask", "plain"):
-        fail("privacy", f"must be 'mask' or 'plain' (HE mode is not implemented yet), got {privacy!r}")
+    if privacy not in ("mask", "plain", "he"):
+        fail("privacy", f"must be 'mask', 'he' or 'plain', got {privacy!r}")
 
     hparams_spec = need("hparams")
     try:
@@ -191,6 +194,9 @@ def load_config(path: str | Path) -> CoordinatorConfig:
 
     chunk_bytes = integer("chunk_bytes", data.get("chunk_bytes", DEFAULT_CHUNK_BYTES), 1, MAX_CHUNK_BYTES)
     scale_bits = integer("scale_bits", data.get("scale_bits", DEFAULT_SCALE_BITS), 0, MAX_SCALE_BITS)
+    he = _he_parameters(data.get("he"), scale_bits, fail) if privacy == "he" else None
+    if privacy != "he" and data.get("he") is not None:
+        fail("he", f"CKKS parameters apply to privacy: he only (this federation is {privacy!r})")
 
     tls = None
     if data.get("tls") is not None:
@@ -205,8 +211,21 @@ def load_config(path: str | Path) -> CoordinatorConfig:
         privacy=privacy, hparams=hparams, layers=tuple(layers), lambdas=lambdas, c0=c0,
         model_fingerprint=model_fp, hparams_fingerprint=fingerprints.hparams_fingerprint(hparams),
         c0_fingerprint=fingerprints.c0_fingerprint(c0), deadlines=deadlines, chunk_bytes=chunk_bytes,
-        scale_bits=scale_bits, tls=tls,
+        scale_bits=scale_bits, tls=tls, he=he,
     )
+
+
+def _he_parameters(spec, scale_bits: int, fail) -> HeParameters:
+    spec = {} if spec is None else spec
+    if not isinstance(spec, dict) or set(spec) - {"poly_modulus_degree", "coeff_mod_bit_sizes"}:
+        fail("he", "must be a mapping with at most poly_modulus_degree and coeff_mod_bit_sizes")
+    defaults = HeParameters()
+    try:
+        return HeParameters(int(spec.get("poly_modulus_degree", defaults.poly_modulus_degree)),
+                            tuple(int(b) for b in spec.get("coeff_mod_bit_sizes", defaults.coeff_mod_bit_sizes)),
+                            scale_bits)
+    except (HeError, TypeError, ValueError) as error:
+        fail("he" if "scale_bits" not in str(error) else "scale_bits", str(error))
 
 
 def _module(hparams: MemitHparams, layer: int) -> str:

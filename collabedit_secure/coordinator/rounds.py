@@ -6,6 +6,8 @@ every change is saved to the Store before it is announced (log line + WatchRound
 
 Round of the parallel schedule:  WAITING -> ADVERTISING_KEYS -> SHARING_KEYS -> UPLOADING
     -> UNMASKING -> SOLVING -> DOWNLOADING -> COMPLETED   (plain mode skips keys and unmasking)
+HE mode: SHARING_KEYS carries the dealer's CKKS context instead of Shamir shares, and UPLOADING
+goes straight to DOWNLOADING: the coordinator adds ciphertexts, parties decrypt and solve.
 Sequential: UPLOADING..DOWNLOADING once per layer ("step"); only step 0 unmasks: the survivors
 and dropped parties it fixes hold for the round, and the secrets rebuilt then are kept (memory).
 """
@@ -16,10 +18,12 @@ import hashlib
 import json
 import math
 import os
+import resource
 import sys
 import threading
 import time
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +35,7 @@ from collabedit_secure.kernels import ring_add, safe_bound, unpack_upper
 from collabedit_secure.merging.collabedit import collabedit_merge
 from collabedit_secure.protocol.encoding import Binding
 from collabedit_secure.protocol.fixedpoint import RoundNumerics
+from collabedit_secure.protocol.he import HeError, load_public_context, summed_blocks
 from collabedit_secure.protocol.keys import KeyAdvertisement, KeyAdvertisementError, verify_advertisement
 from collabedit_secure.protocol.masking import unmask_sum
 from collabedit_secure.protocol.recovery import recover_mask_private_key, recover_self_secret, share_index
@@ -94,8 +99,16 @@ class NotFound(CoordinatorError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class Aborted(CoordinatorError):
+    code = grpc.StatusCode.ABORTED
+
+
 class DataLoss(CoordinatorError):
     code = grpc.StatusCode.DATA_LOSS
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def log_event(event: str, **fields) -> None:
@@ -164,6 +177,14 @@ class UploadSession:
         self.path.unlink(missing_ok=True)
 
 
+def _file_sha256(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(BLOCK_WORDS * 8):
+            digest.update(block)
+    return digest.digest()
+
+
 def _file_blocks(path: Path, dtype: str):
     with open(path, "rb") as handle:
         while block := handle.read(BLOCK_WORDS * 8):
@@ -193,7 +214,10 @@ class Rounds:
         self.changed = threading.Condition(self.lock)
         self.version = 0
         self.closed = False
-        self.mask = config.privacy == "mask"
+        self.mask, self.he = config.privacy == "mask", config.privacy == "he"
+        self.keyed = self.mask or self.he  # rounds whose parties advertise signed keys
+        self._he_ctx: tuple[int, object] | None = None  # (round, public context) once published
+        self._digests: dict[str, bytes] = {}  # sha256 of encrypted-sum files, computed once per file
         self.spec = {layer.layer: layer for layer in config.layers}
         self.lam = dict(zip((layer.layer for layer in config.layers), config.lambdas))
         order = [layer.layer for layer in config.layers]
@@ -274,13 +298,16 @@ class Rounds:
             Store.save_round(db, nxt)
         for path in [old for *_, old in c_acc_updates] + old_acc:
             self.store.delete_file(path)
-        self._changed("round_" + phase_name(phase).lower(), reason=reason or None)
+        self._changed("round_" + phase_name(phase).lower(), reason=reason or None, peak_rss_bytes=peak_rss_bytes())
         self.current, self.secrets, self.entered = nxt, None, None
         self._changed("round_opened")
 
     def _c_acc_updates(self) -> list[tuple]:
-        """C_acc[module] + lambda * S_KK of every layer, written as new generation files."""
+        """C_acc[module] + lambda * S_KK of every layer, written as new generation files.
+        HE mode: none here; only the parties ever see S_KK, and each keeps its own C_acc."""
         updates = []
+        if self.he:
+            return updates
         for layer in self.spec.values():
             row = self.store.query("SELECT s_kk_path FROM results WHERE round = ? AND layer = ?",
                                    self.current["id"], layer.layer)[0]
@@ -376,7 +403,7 @@ class Rounds:
         with self.lock:
             self._member(party)
             record = self._check_round(round_id)
-            if not self.mask:
+            if not self.keyed:
                 raise FailedPrecondition(f"round {round_id} is in plain mode: there are no keys to advertise")
             for name, key in (("mask_public_key", mask_pk), ("share_public_key", share_pk)):
                 if len(key) != 32:
@@ -429,6 +456,9 @@ class Rounds:
         with self.lock:
             self._member(party)
             record = self._check_round(round_id)
+            if not self.mask:
+                raise FailedPrecondition(f"round {round_id} is in {self.config.privacy} mode: there are no Shamir "
+                                         "shares (HE rounds exchange a CKKS context: PublishHeContext)")
             for sender, _, _ in shares:
                 if sender != party:
                     raise PermissionDenied(f"sender_party_id {sender!r} is not the caller {party!r}")
@@ -464,6 +494,79 @@ class Rounds:
                                     "ORDER BY sender", round_id, party)
             return [tuple(r) for r in rows]
 
+    # ------------------------------------------------------------------ HE context
+
+    def dealer(self) -> str:
+        """The party that makes the round's CKKS secret context: the first participant, sorted."""
+        return sorted(self.current["participants"])[0]
+
+    def publish_he_context(self, party, round_id: int, public_context: bytes,
+                           boxes: list[tuple[str, str, bytes]]) -> bool:
+        """Records the dealer's keyless public context and its sealed secret-context boxes; True if a retry."""
+        with self.lock:
+            self._member(party)
+            record = self._check_round(round_id)
+            if not self.he:
+                raise FailedPrecondition(f"round {round_id} is in {self.config.privacy} mode, not he: no CKKS context")
+            if record["phase"] in (WAITING, ADVERTISING):
+                raise FailedPrecondition(f"PublishHeContext needs phase SHARING_KEYS; {self._where()}")
+            self._participant(party)
+            if party != self.dealer():
+                raise PermissionDenied(f"{party!r} is not the dealer of round {round_id}; {self.dealer()!r} makes "
+                                       "the CKKS context")
+            old = self.store.query("SELECT public_context FROM he_contexts WHERE round = ?", round_id)
+            if old:
+                stored = {r["recipient"]: r["ciphertext"] for r in self.store.query(
+                    "SELECT recipient, ciphertext FROM shares WHERE round = ?", round_id)}
+                if old[0]["public_context"] == public_context and stored == {r: b for _, r, b in boxes}:
+                    return True
+                raise AlreadyExists(f"a different CKKS context was already published for round {round_id}")
+            self._need_phase("PublishHeContext", SHARING)
+            for sender, _, _ in boxes:
+                if sender != party:
+                    raise PermissionDenied(f"sender_party_id {sender!r} is not the caller {party!r}")
+            others = sorted(p for p in record["participants"] if p != party)
+            recipients = [recipient for _, recipient, _ in boxes]
+            if sorted(recipients) != others:
+                raise InvalidArgument(f"expected exactly one secret-context box for each of {others}, got "
+                                      f"recipients {sorted(recipients)}")
+            for _, recipient, box in boxes:
+                if len(box) < 28:
+                    raise InvalidArgument(f"the box for {recipient!r} has {len(box)} bytes; a box has at least 28")
+            try:
+                ctx = load_public_context(public_context, self.config.he)
+            except HeError as error:
+                raise InvalidArgument(str(error)) from None
+            with self.store.transaction() as db:
+                db.execute("INSERT INTO he_contexts VALUES (?, ?, ?)", (round_id, party, public_context))
+                db.executemany("INSERT INTO shares VALUES (?, ?, ?, ?)", [(round_id, party, r, b) for _, r, b in boxes])
+            self._he_ctx = (round_id, ctx)
+            self._changed("he_context_published", party=party, bytes=len(public_context))
+            self._advance()
+            return False
+
+    def he_context(self, party, round_id: int) -> tuple[str, bytes, bytes | None]:
+        """(dealer, public context, the caller's box or None for the dealer)."""
+        with self.lock:
+            self._member(party)
+            self._check_round(round_id)
+            if not self.he:
+                raise FailedPrecondition(f"round {round_id} is in {self.config.privacy} mode, not he: no CKKS context")
+            row = self.store.query("SELECT dealer, public_context FROM he_contexts WHERE round = ?", round_id)
+            if not row:
+                raise FailedPrecondition(f"the dealer has not published the CKKS context yet; {self._where()}")
+            self._participant(party)
+            box = self.store.query("SELECT ciphertext FROM shares WHERE round = ? AND recipient = ?", round_id, party)
+            return row[0]["dealer"], row[0]["public_context"], box[0]["ciphertext"] if box else None
+
+    def _public_context(self):
+        """The current round's public context (parsed once; after a restart, from the store)."""
+        round_id = self.current["id"]
+        if self._he_ctx is None or self._he_ctx[0] != round_id:
+            row = self.store.query("SELECT public_context FROM he_contexts WHERE round = ?", round_id)
+            self._he_ctx = (round_id, load_public_context(row[0]["public_context"], self.config.he))
+        return self._he_ctx[1]
+
     # ------------------------------------------------------------------ uploads
 
     def begin_upload(self, party, round_id: int, layer: int, tensor: int, shape: list[int], encoding: int,
@@ -478,14 +581,20 @@ class Rounds:
             if layer not in self.spec:
                 raise InvalidArgument(f"layer {layer} is not edited in this round; layers are {sorted(self.spec)}")
             spec = self.spec[layer]
-            want_encoding = pb.ENCODING_RING_U64_LE if self.mask else pb.ENCODING_FLOAT64_LE
+            want_encoding = (pb.ENCODING_RING_U64_LE if self.mask else
+                             pb.ENCODING_CKKS if self.he else pb.ENCODING_FLOAT64_LE)
             if encoding != want_encoding:
                 raise InvalidArgument(f"encoding {pb.Encoding.Name(encoding) if encoding in pb.Encoding.values() else encoding} "
                                       f"does not match privacy mode {self.config.privacy}: use {pb.Encoding.Name(want_encoding)}")
             want_shape = [spec.d_in * (spec.d_in + 1) // 2] if tensor == S_KK else [spec.d_out, spec.d_in]
             if list(shape) != want_shape:
                 raise InvalidArgument(f"shape {list(shape)} of {tensor_name(tensor)} layer {layer}: expected {want_shape}")
-            if total_bytes != 8 * math.prod(want_shape):
+            if self.he:
+                most = self.config.he.max_payload_bytes(math.prod(want_shape))
+                if not 0 < total_bytes <= most:
+                    raise InvalidArgument(f"total_bytes {total_bytes}: {math.prod(want_shape)} values in CKKS "
+                                          f"ciphertexts of these parameters take 1..{most} bytes")
+            elif total_bytes != 8 * math.prod(want_shape):
                 raise InvalidArgument(f"total_bytes {total_bytes}: shape {want_shape} of 8-byte words is "
                                       f"{8 * math.prod(want_shape)} bytes")
             if len(sha256) != 32:
@@ -511,7 +620,7 @@ class Rounds:
             session.finish()
             if session.replay:
                 return True
-            if not self.mask:
+            if self.config.privacy == "plain":
                 self._check_finite(session)
             with self.lock:
                 return self._add_upload(session)
@@ -544,10 +653,15 @@ class Rounds:
         acc = self.store.query("SELECT generation, path FROM accumulators WHERE round = ? AND layer = ? AND tensor = ?", *key)
         generation = acc[0]["generation"] + 1 if acc else 1
         old_path = acc[0]["path"] if acc else None
-        dtype = "<u8" if self.mask else "<f8"
-        blocks = _summed_blocks(self.store.path(old_path) if old_path else None, session.path, dtype)
         stem = f"r{session.round_id}-l{session.layer}-t{session.tensor}"
-        new_path = self.store.new_generation_file("acc", stem, generation, blocks)
+        started = time.monotonic()
+        if self.he:
+            new_path = self._fold_ciphertexts(session, old_path, stem, generation)
+        else:
+            dtype = "<u8" if self.mask else "<f8"
+            blocks = _summed_blocks(self.store.path(old_path) if old_path else None, session.path, dtype)
+            new_path = self.store.new_generation_file("acc", stem, generation, blocks)
+        add_seconds = time.monotonic() - started
         try:  # the upload row and the sum that includes it commit together: counted exactly once
             with self.store.transaction() as db:
                 db.execute("INSERT OR REPLACE INTO accumulators VALUES (?, ?, ?, ?, ?)", (*key, generation, new_path))
@@ -560,9 +674,21 @@ class Rounds:
         self.store.delete_file(old_path)
         self._changed("upload_accepted", party=session.party, layer=session.layer,
                       tensor=tensor_name(session.tensor), bytes=session.total_bytes,
-                      seconds=round(time.monotonic() - session.started, 3))
+                      seconds=round(time.monotonic() - session.started, 3), add_seconds=round(add_seconds, 3))
         self._advance()
         return False
+
+    def _fold_ciphertexts(self, session: UploadSession, old_path: str | None, stem: str, generation: int) -> str:
+        """Running encrypted sum + this upload, block by block; every block checked before it counts."""
+        spec = self.spec[session.layer]
+        n_values = spec.d_in * (spec.d_in + 1) // 2 if session.tensor == S_KK else spec.d_out * spec.d_in
+        what = f"{tensor_name(session.tensor)} layer {session.layer} from {session.party!r}"
+        with open(session.path, "rb") as new, (open(self.store.path(old_path), "rb") if old_path else nullcontext()) as old:
+            blocks = summed_blocks(self._public_context(), self.config.he, n_values, old, new, what)
+            try:
+                return self.store.new_generation_file("acc", stem, generation, blocks)
+            except HeError as error:
+                raise InvalidArgument(str(error)) from None
 
     # ------------------------------------------------------------------ unmasking
 
@@ -693,6 +819,7 @@ class Rounds:
             raise ValueError(f"no uploads of layer {layer}")
         s_kk = self._decoded_sum(record, layer, S_KK, sums[(layer, S_KK)], secrets, adverts)
         s_rk = self._decoded_sum(record, layer, S_RK, sums[(layer, S_RK)], secrets, adverts)
+        unmasked = time.monotonic()
         acc = self.store.query("SELECT path FROM c_acc WHERE module = ?", spec.module_name)
         c_acc = (torch.from_numpy(read_array(self.store.path(acc[0]["path"]), "<f8").reshape(spec.d_in, spec.d_in))
                  if acc else None)
@@ -707,7 +834,8 @@ class Rounds:
             db.execute("INSERT INTO results VALUES (?, ?, ?, ?, ?)",
                        (record["id"], layer, dw_path, hashlib.sha256(payload).digest(), kk_path))
         log_event("layer_solved", round=record["id"], layer=layer, bytes=len(payload),
-                  seconds=round(time.monotonic() - started, 3))
+                  seconds=round(time.monotonic() - started, 3), unmask_seconds=round(unmasked - started, 3),
+                  solve_seconds=round(time.monotonic() - unmasked, 3))
 
     def result(self, party, round_id: int, layer: int) -> tuple[Path, bytes, list[int]]:
         """(file, sha256, shape) of a solved layer's Delta W (float64 little-endian, d_out x d_in)."""
@@ -717,28 +845,87 @@ class Rounds:
                 raise NotFound(f"round {round_id} was never opened; {self._where()}")
             if layer not in self.spec:
                 raise InvalidArgument(f"layer {layer} is not edited in this federation; layers are {sorted(self.spec)}")
+            if self.he:
+                raise FailedPrecondition(f"round {round_id} is in HE mode: the coordinator never sees Delta W; "
+                                         "download the encrypted sums (DownloadAggregate) and solve")
             rows = self.store.query("SELECT path, sha256 FROM results WHERE round = ? AND layer = ?", round_id, layer)
             if not rows:
                 raise FailedPrecondition(f"layer {layer} of round {round_id} is not solved (yet); {self._where()}")
             spec = self.spec[layer]
             return self.store.path(rows[0]["path"]), rows[0]["sha256"], [spec.d_out, spec.d_in]
 
-    def report_applied(self, party, round_id: int, layer: int, sha256: bytes) -> tuple[bool, list[str]]:
+    def aggregate(self, party, round_id: int, layer: int, tensor: int) -> tuple[Path, bytes, list[int]]:
+        """(file, sha256, shape) of one encrypted sum of the current step (HE mode)."""
         with self.lock:
             self._member(party)
-            _, digest, _ = self.result(party, round_id, layer)
-            if sha256 != digest:
-                raise InvalidArgument(f"sha256 {sha256.hex()} is not the digest of the update served for layer "
-                                      f"{layer}: {digest.hex()}")
-            old = self.store.query("SELECT 1 FROM applied WHERE round = ? AND layer = ? AND party = ?", round_id, layer, party)
+            record = self._check_round(round_id)
+            if not self.he:
+                raise FailedPrecondition(f"round {round_id} is in {self.config.privacy} mode: DownloadAggregate serves "
+                                         "HE rounds; use DownloadUpdate")
+            if layer not in self.spec:
+                raise InvalidArgument(f"layer {layer} is not edited in this federation; layers are {sorted(self.spec)}")
+            if tensor not in (S_KK, S_RK):
+                raise InvalidArgument(f"tensor {tensor_name(tensor)}: an encrypted sum is TENSOR_S_KK_UPPER or TENSOR_S_RK")
+            self._need_phase("DownloadAggregate", DOWNLOADING)
+            if layer not in self.steps[record["step"]]:
+                raise FailedPrecondition(f"layer {layer} is not being downloaded now; {self._where()}")
+            if party not in (record["survivors"] or []) or party in record["dropped"]:
+                raise PermissionDenied(f"{party!r} did not contribute to the sums of round {round_id}")
+            row = self.store.query("SELECT path FROM accumulators WHERE round = ? AND layer = ? AND tensor = ?",
+                                   round_id, layer, tensor)[0]
+            path = self.store.path(row["path"])
+            if row["path"] not in self._digests:
+                self._digests[row["path"]] = _file_sha256(path)
+            spec = self.spec[layer]
+            shape = [spec.d_in * (spec.d_in + 1) // 2] if tensor == S_KK else [spec.d_out, spec.d_in]
+            return path, self._digests[row["path"]], shape
+
+    def _compare_he_digest(self, party, round_id: int, layer: int, digest: bytes) -> None:
+        """Every party must have decrypted the same sums: a differing digest rolls the round back."""
+        others = self.store.query("SELECT party FROM he_digests WHERE round = ? AND layer = ? AND digest != ?",
+                                  round_id, layer, digest)
+        if others:
+            reason = (f"the decrypted sums of layer {layer} differ between parties ({party} and {others[0]['party']} "
+                      "report different digests); every party must restore its model")
+            self._finish(ROLLED_BACK, reason)
+            raise Aborted(reason)
+
+    def report_applied(self, party, round_id: int, layer: int, sha256: bytes,
+                       aggregate_digest: bytes = b"") -> tuple[bool, list[str]]:
+        with self.lock:
+            self._member(party)
+            if self.he:
+                if layer not in self.spec:
+                    raise InvalidArgument(f"layer {layer} is not edited in this federation; layers are {sorted(self.spec)}")
+                if len(sha256) != 32:
+                    raise InvalidArgument(f"sha256 must be the 32-byte digest of the Delta W applied, got {len(sha256)}")
+                if len(aggregate_digest) != 32:
+                    raise InvalidArgument("aggregate_digest must be 32 bytes (HMAC-SHA256 of the decrypted sums) in an "
+                                          f"HE round, got {len(aggregate_digest)}")
+            else:
+                _, digest, _ = self.result(party, round_id, layer)
+                if sha256 != digest:
+                    raise InvalidArgument(f"sha256 {sha256.hex()} is not the digest of the update served for layer "
+                                          f"{layer}: {digest.hex()}")
+            old = self.store.query("SELECT sha256 FROM applied WHERE round = ? AND layer = ? AND party = ?",
+                                   round_id, layer, party)
+            if old and self.he:
+                mine = self.store.query("SELECT digest FROM he_digests WHERE round = ? AND layer = ? AND party = ?",
+                                        round_id, layer, party)
+                if (old[0]["sha256"], mine[0]["digest"]) != (sha256, aggregate_digest):
+                    raise AlreadyExists(f"{party!r} already reported layer {layer} applied with other digests")
             if not old:
                 self._check_round(round_id)
                 self._need_phase("ReportApplied", DOWNLOADING)
                 self._participant(party)
                 if layer not in self.steps[self.current["step"]]:
                     raise FailedPrecondition(f"layer {layer} is not being downloaded now; {self._where()}")
+                if self.he:
+                    self._compare_he_digest(party, round_id, layer, aggregate_digest)
                 with self.store.transaction() as db:
                     db.execute("INSERT INTO applied VALUES (?, ?, ?, ?)", (round_id, layer, party, sha256))
+                    if self.he:
+                        db.execute("INSERT INTO he_digests VALUES (?, ?, ?, ?)", (round_id, layer, party, aggregate_digest))
                 self._changed("update_applied", party=party, layer=layer)
             reported = {r["party"] for r in self.store.query("SELECT party FROM applied WHERE round = ? AND layer = ?",
                                                             round_id, layer)}
@@ -781,9 +968,11 @@ class Rounds:
                 raise NotFound(f"round {round_id} was never opened; {self._where()}")
             roster = record["participants"] or record["joined"]
             n = len(roster) or len(self.config.roster)
+            he = self.config.he
             return {"round_id": record["id"], "roster": list(roster), "threshold": self.config.threshold if self.mask else 0,
                     "per_party_bound": safe_bound(n) if self.mask else 0,
-                    "scale_bits": self.config.scale_bits if self.mask else 0}
+                    "scale_bits": self.config.scale_bits if self.keyed else 0,
+                    "he": {**he.as_dict(), "per_party_bound": he.per_party_bound(n), "slots": he.slots} if he else None}
 
     def wait_for_change(self, version: int, timeout: float) -> int:
         with self.changed:
@@ -811,7 +1000,7 @@ class Rounds:
         if phase == WAITING:
             joined = record["joined"]
             if len(joined) == len(cfg.roster) or (late and len(joined) >= cfg.min_parties):
-                self._set(ADVERTISING if self.mask else UPLOADING, "round_started", participants=list(joined))
+                self._set(ADVERTISING if self.keyed else UPLOADING, "round_started", participants=list(joined))
             elif late:
                 self._finish(FAILED, f"only {len(joined)} of {len(cfg.roster)} parties joined before the join "
                                      f"deadline; at least min_parties = {cfg.min_parties} are needed")
@@ -827,6 +1016,13 @@ class Rounds:
             elif late:
                 self._finish(FAILED, f"only {len(advertised)} parties advertised keys before the deadline; "
                                      f"at least min_parties = {cfg.min_parties} are needed")
+            else:
+                return False
+        elif phase == SHARING and self.he:
+            if self.store.query("SELECT 1 FROM he_contexts WHERE round = ?", record["id"]):
+                self._set(UPLOADING, "he_context_complete")
+            elif late:
+                self._finish(FAILED, f"the dealer {self.dealer()} did not publish the CKKS context before the deadline")
             else:
                 return False
         elif phase == SHARING:
@@ -891,7 +1087,7 @@ class Rounds:
                 self._finish(ROLLED_BACK, f"{', '.join(missing)} did not upload layer(s) {layers} before the deadline; "
                                           "every party must restore its model")
                 return True
-            self._set(SOLVING, "uploads_complete")
+            self._set(DOWNLOADING if self.he else SOLVING, "uploads_complete")
             return True
         partial = sorted(p for p in alive if 0 < counts.get(p, 0) < 2 * len(layers))
         if partial:
@@ -903,5 +1099,6 @@ class Rounds:
                                  f"(threshold {cfg.threshold}, min_parties {cfg.min_parties})")
             return True
         dropped = sorted(set(record["dropped"]) | (set(alive) - set(complete)))
-        self._set(UNMASKING if self.mask else SOLVING, "uploads_complete", survivors=complete, dropped=dropped)
+        after = UNMASKING if self.mask else DOWNLOADING if self.he else SOLVING  # HE: nothing to solve here
+        self._set(after, "uploads_complete", survivors=complete, dropped=dropped)
         return True

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 
-import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -22,12 +21,12 @@ from .rounds import TERMINAL, CoordinatorError, InvalidArgument, Rounds, log_eve
 
 INSECURE_IDENTITY_KEY = "x-collabedit-party"
 _SCHEDULES = {"sequential": pb.SCHEDULE_SEQUENTIAL, "parallel": pb.SCHEDULE_PARALLEL}
-_PRIVACY = {"mask": pb.PRIVACY_MODE_MASK, "plain": pb.PRIVACY_MODE_PLAIN}
+_PRIVACY = {"mask": pb.PRIVACY_MODE_MASK, "plain": pb.PRIVACY_MODE_PLAIN, "he": pb.PRIVACY_MODE_HE}
 
 
 def _abort_on_error(method):
     """Turns a CoordinatorError into the RPC's status (unary and server-streaming handlers alike)."""
-    if method.__name__ in ("DownloadUpdate", "WatchRound"):
+    if method.__name__ in ("DownloadUpdate", "DownloadAggregate", "WatchRound"):
         @functools.wraps(method)
         def streaming(self, request, context):
             try:
@@ -94,7 +93,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
             scale_bits=p["scale_bits"], per_party_bound=p["per_party_bound"], chunk_bytes=cfg.chunk_bytes,
             deadlines=pb.PhaseDeadlines(**{k: _duration(v) for k, v in d.items()}),
             model_fingerprint=cfg.model_fingerprint, hparams_fingerprint=cfg.hparams_fingerprint,
-            c0_fingerprint=cfg.c0_fingerprint,
+            c0_fingerprint=cfg.c0_fingerprint, he=pb.HeParameters(**p["he"]) if p["he"] else None,
         )
 
     # ------------------------------------------------------------------ RPCs
@@ -134,6 +133,20 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
             cpb.EncryptedShare(sender_party_id=s, recipient_party_id=r, ciphertext=c) for s, r, c in shares])
 
     @_abort_on_error
+    def PublishHeContext(self, request, context):
+        boxes = [(s.sender_party_id, s.recipient_party_id, s.ciphertext) for s in request.secret_contexts]
+        retry = self.rounds.publish_he_context(self._party(context), request.round_id, request.public_context, boxes)
+        return cpb.PublishHeContextResponse(already_published=retry)
+
+    @_abort_on_error
+    def GetHeContext(self, request, context):
+        party = self._party(context)
+        dealer, public, box = self.rounds.he_context(party, request.round_id)
+        sealed = None if box is None else cpb.EncryptedShare(sender_party_id=dealer, recipient_party_id=party,
+                                                             ciphertext=box)
+        return cpb.GetHeContextResponse(dealer_party_id=dealer, public_context=public, secret_context=sealed)
+
+    @_abort_on_error
     def UploadContribution(self, request_iterator, context):
         party = self._party(context)
         first = next(request_iterator, None)
@@ -168,28 +181,39 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
         count, complete = self.rounds.submit_reveals(self._party(context), request.round_id, layer, shares)
         return cpb.SubmitUnmaskingSharesResponse(accepted_count=count, unmasking_complete=complete)
 
-    @_abort_on_error
-    def DownloadUpdate(self, request, context):
-        path, digest, shape = self.rounds.result(self._party(context), request.round_id, request.layer)
+    def _stream_file(self, response_type, header: pb.PayloadHeader, path, start_offset: int):
+        """Header, then the file from start_offset in chunks of chunk_bytes (a resumable download)."""
         total = path.stat().st_size
-        if request.start_offset > total:
-            raise InvalidArgument(f"start_offset {request.start_offset} is beyond the update's {total} bytes")
-        yield cpb.DownloadUpdateResponse(header=pb.PayloadHeader(
-            round_id=request.round_id, layer=request.layer, tensor=pb.TENSOR_DELTA_W, shape=shape,
-            encoding=pb.ENCODING_FLOAT64_LE, total_bytes=total, sha256=digest))
-        offset = request.start_offset
+        if start_offset > total:
+            raise InvalidArgument(f"start_offset {start_offset} is beyond the payload's {total} bytes")
+        header.total_bytes = total
+        yield response_type(header=header)
+        offset = start_offset
         with open(path, "rb") as handle:
             handle.seek(offset)
             while data := handle.read(self.config.chunk_bytes):
-                yield cpb.DownloadUpdateResponse(chunk=pb.PayloadChunk(
-                    offset=offset, data=data, sha256=hashlib.sha256(data).digest()))
+                yield response_type(chunk=pb.PayloadChunk(offset=offset, data=data, sha256=hashlib.sha256(data).digest()))
                 offset += len(data)
-        log_event("update_served", round=request.round_id, layer=request.layer, party=self._party(context),
-                  bytes=offset - request.start_offset)
 
+    @_abort_on_error
+    def DownloadUpdate(self, request, context):
+        party = self._party(context)
+        path, digest, shape = self.rounds.result(party, request.round_id, request.layer)
+        header = pb.PayloadHeader(round_id=request.round_id, layer=request.layer, tensor=pb.TENSOR_DELTA_W, shape=shape,
+                                  encoding=pb.ENCODING_FLOAT64_LE, sha256=digest)
+        yield from self._stream_file(cpb.DownloadUpdateResponse, header, path, request.start_offset)
+        log_event("update_served", round=request.round_id, layer=request.layer, party=party,
+                  bytes=path.stat().st_size - request.start_offset)
+
+    @_abort_on_error
     def DownloadAggregate(self, request, context):
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "DownloadAggregate serves HE mode, which this coordinator "
-                                                     "does not implement yet; use DownloadUpdate")
+        party = self._party(context)
+        path, digest, shape = self.rounds.aggregate(party, request.round_id, request.layer, request.tensor)
+        header = pb.PayloadHeader(round_id=request.round_id, layer=request.layer, tensor=request.tensor, shape=shape,
+                                  encoding=pb.ENCODING_CKKS, sha256=digest)
+        yield from self._stream_file(cpb.DownloadAggregateResponse, header, path, request.start_offset)
+        log_event("aggregate_served", round=request.round_id, layer=request.layer, party=party,
+                  tensor=pb.Tensor.Name(request.tensor), bytes=path.stat().st_size - request.start_offset)
 
     @_abort_on_error
     def GetRound(self, request, context):
@@ -217,6 +241,6 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
     @_abort_on_error
     def ReportApplied(self, request, context):
         all_applied, pending = self.rounds.report_applied(self._party(context), request.round_id, request.layer,
-                                                          request.sha256)
+                                                          request.sha256, request.aggregate_digest)
         return cpb.ReportAppliedResponse(all_applied=all_applied, parties_pending=pending)
 

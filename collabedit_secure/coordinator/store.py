@@ -8,7 +8,8 @@ is counted exactly once: its `uploads` row and the accumulator generation that i
 together.
 
 No party secret is ever stored: revealed Shamir shares are (the Bonawitz trust model gives them
-to the coordinator anyway), so the secrets they rebuild can be rebuilt after a restart.
+to the coordinator anyway), so the secrets they rebuild can be rebuilt after a restart. In HE mode
+the coordinator stores the keyless public context, the dealer's sealed boxes and ciphertext sums.
 """
 
 from __future__ import annotations
@@ -46,8 +47,12 @@ CREATE TABLE IF NOT EXISTS results (round INTEGER, layer INTEGER, path TEXT, sha
 CREATE TABLE IF NOT EXISTS applied (round INTEGER, layer INTEGER, party TEXT, sha256 BLOB,
     PRIMARY KEY (round, layer, party));
 CREATE TABLE IF NOT EXISTS c_acc (module TEXT PRIMARY KEY, generation INTEGER, path TEXT, through_round INTEGER);
+CREATE TABLE IF NOT EXISTS he_contexts (round INTEGER PRIMARY KEY, dealer TEXT, public_context BLOB);
+CREATE TABLE IF NOT EXISTS he_digests (round INTEGER, layer INTEGER, party TEXT, digest BLOB,
+    PRIMARY KEY (round, layer, party));
 """
-TABLES = ("rounds", "joins", "adverts", "shares", "uploads", "accumulators", "reveals", "results", "applied", "c_acc")
+TABLES = ("rounds", "joins", "adverts", "shares", "uploads", "accumulators", "reveals", "results", "applied", "c_acc",
+          "he_contexts", "he_digests")
 JSON_COLUMNS = ("joined", "participants", "survivors", "dropped", "layers_completed", "params")
 
 
@@ -62,11 +67,15 @@ def fsync_dir(path: Path) -> None:
 def write_file(path: Path, blocks) -> None:
     """Writes byte blocks to a new 0600 file and fsyncs it (and its folder) before returning."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        for block in blocks:
-            handle.write(block)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            for block in blocks:  # a generator that raises (a bad ciphertext) leaves no file behind
+                handle.write(block)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 

@@ -13,7 +13,8 @@ from collabedit_secure.protocol.encoding import check_party_id
 from collabedit_secure.configfile import ConfigError, read_config_file  # noqa: F401 (re-export)
 
 _KNOWN = {"party_id", "federation_id", "coordinator", "listen", "port_file", "model", "hparams", "c0", "state_dir",
-          "tls", "auto_start", "min_batch", "max_batch", "statistics", "evaluate", "timeouts"}
+          "tls", "auto_start", "min_batch", "max_batch", "statistics", "evaluate", "timeouts",
+          "he_workers"}
 _TIMEOUTS = {"join": 120.0, "phase": 900.0, "rpc": 30.0}
 SYNTHETIC_PREFIX = "synthetic:"
 
@@ -45,6 +46,7 @@ class PartyConfig:
     synthetic: Path | None = None  # statistics from an npz instead of a model (protocol tests, benchmarks)
     evaluate: bool = True
     timeouts: dict | None = None
+    he_workers: int = 1  # processes that encrypt in HE rounds (TenSEAL holds the GIL: threads would not help)
 
     @property
     def listen(self) -> str:
@@ -163,7 +165,7 @@ def load_config(path: str | Path, insecure: bool = False, check_identity: bool =
             fail(name, f"must be true or false, got {value!r}")
         flags[name] = value
     counts = {}
-    for name, default in (("min_batch", 1), ("max_batch", None)):
+    for name, default in (("min_batch", 1), ("max_batch", None), ("he_workers", 1)):
         value = data.get(name, default)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             fail(name, f"must be a positive integer, got {value!r}")
@@ -187,4 +189,4 @@ def load_config(path: str | Path, insecure: bool = False, check_identity: bool =
         if data.get("port_file") else None, model=model, hparams=hparams, c0=c0,
         state_dir=a_path("state_dir", need("state_dir")), tls=tls, auto_start=flags["auto_start"],
         min_batch=counts["min_batch"], max_batch=counts["max_batch"], synthetic=synthetic,
-        evaluate=flags["evaluate"], timeouts=timeouts)
+        evaluate=flags["evaluate"], timeouts=timeouts, he_workers=counts["he_workers"])

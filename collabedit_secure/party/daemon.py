@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import sys
 import threading
 import time
@@ -157,7 +158,8 @@ class PartyDaemon:
         return RoundClient(self.stub, self.identity, self.identity.ca_pem if self.identity else None, c.federation_id,
                            self.engine.fingerprints, self.log, party_id=c.party_id, insecure=self.insecure,
                            rpc_timeout_s=c.timeout("rpc"), join_deadline_s=c.timeout("join"),
-                           phase_timeout_s=c.timeout("phase"), stall=os.environ.get("COLLABEDIT_TEST_STALL"))
+                           phase_timeout_s=c.timeout("phase"), stall=os.environ.get("COLLABEDIT_TEST_STALL"),
+                           he_workers=c.he_workers)
 
     def start_round(self) -> tuple[int, int]:
         """Join the open round with the queued requests; the round goes on in a thread."""
@@ -217,7 +219,9 @@ class PartyDaemon:
             result.update(stage_seconds=seconds, bytes_sent=sum(stats["bytes_sent"].values()),
                           bytes_received=sum(stats["bytes_received"].values()),
                           bytes_sent_by_stage=stats["bytes_sent"], bytes_received_by_stage=stats["bytes_received"],
-                          wall_seconds=time.perf_counter() - started, status=_status_dict(client.status))
+                          wall_seconds=time.perf_counter() - started, status=_status_dict(client.status),
+                          # the daemon's peak resident memory so far (Linux reports ru_maxrss in KiB)
+                          peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
             self.queue.finish_round(round_id, outcome, result["error"])
             self.queue.save_result(round_id, result)
             if round_dir.is_dir():

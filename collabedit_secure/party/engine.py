@@ -20,6 +20,7 @@ from collabedit_secure.editing.hparams import MemitHparams
 from collabedit_secure.kernels import pack_upper
 from collabedit_secure.protocol import fingerprints
 
+from .local_solve import LocalSolver
 from .round_client import RoundClient
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,12 @@ def load_hparams(spec: str) -> MemitHparams:
 
 def module_name(hparams: MemitHparams, layer: int) -> str:
     return (hparams.rewrite_module_tmp or "transformer.h.{}.mlp.c_proj").format(layer)
+
+
+def local_solver(hparams: MemitHparams, c0: dict[str, torch.Tensor], state_dir: Path) -> LocalSolver:
+    """The HE-mode solver, with λ per edited module as the coordinator takes it from the same hparams."""
+    lambdas = {module_name(hparams, layer): lam for layer, lam in zip(hparams.layers, hparams.layer_lambdas())}
+    return LocalSolver(c0, lambdas, state_dir)
 
 
 def load_c0_dir(directory: str, hparams: MemitHparams) -> dict[str, torch.Tensor]:
@@ -81,6 +88,7 @@ class ModelEngine:
         self.templates = generate_context_templates(self.model, self.tok, self.hparams.context_template_seed,
                                                     self.hparams.context_template_length_params)
         self.evaluate = config.evaluate
+        self.solver = local_solver(self.hparams, self.c0, config.state_dir)
 
     def restore(self, results: list[dict]) -> str:
         """Re-apply the deltas of earlier completed rounds (a restarted daemon); last checkpoint path."""
@@ -110,15 +118,20 @@ class ModelEngine:
             (mine,) = per_party
             contributions = {layer: (pack_upper(c.s_kk.to(torch.float64)).numpy(),
                                      c.s_rk.to(torch.float64).numpy()) for layer, c in mine.items()}
-            deltas = client.exchange_step(step, contributions)
+            deltas = client.exchange_step(step, contributions, self.solver.solve)
             if client.sequential:
                 pending.extend(step)
             in_exchange[0] += time.perf_counter() - started
             return {name: (torch.from_numpy(deltas[layer]), None) for layer, name in step.items()}
 
         started = time.perf_counter()
-        result = edit(self.model, self.tok, [requests], self.hparams, self.c0, schedule=_schedule(client),
-                      templates=self.templates, exchange=exchange)
+        self.solver.discard()
+        try:
+            result = edit(self.model, self.tok, [requests], self.hparams, self.c0, schedule=_schedule(client),
+                          templates=self.templates, exchange=exchange)
+        except BaseException:
+            self.solver.discard()
+            raise
         seconds["compute"] = time.perf_counter() - started - in_exchange[0]  # targets, keys, statistics
         delta = result.delta
         with _Clock(seconds, "apply"):
@@ -130,7 +143,9 @@ class ModelEngine:
             client.wait_finished()
         except BaseException:
             delta.revert(self.model)  # nothing of a failed or rolled-back round stays
+            self.solver.discard()
             raise
+        self.solver.commit()  # HE mode: C_acc grows only with completed rounds
         with _Clock(seconds, "checkpoint"):
             checkpoint, delta_path = round_dir / "model", round_dir / "delta"
             self.model.to(self.loaded.stored_dtype).save_pretrained(checkpoint)
@@ -191,6 +206,7 @@ class SyntheticEngine:
                              "c0": fingerprints.c0_fingerprint(self.c0)}
         self.state_file = config.state_dir / "synthetic_model.npz"
         self.weights = self._load_weights()
+        self.solver = local_solver(self.hparams, self.c0, config.state_dir)
 
     def _load_weights(self) -> dict[int, np.ndarray]:
         if self.state_file.is_file():
@@ -210,8 +226,9 @@ class SyntheticEngine:
         seconds: dict[str, float] = {}
         working = {layer: w.copy() for layer, w in self.weights.items()}
         deltas: dict[int, np.ndarray] = {}
+        self.solver.discard()
         for step in client.steps():
-            received = client.exchange_step(step, {layer: self.contribution(layer) for layer in step})
+            received = client.exchange_step(step, {layer: self.contribution(layer) for layer in step}, self.solver.solve)
             with _Clock(seconds, "apply"):
                 for layer, delta in received.items():
                     working[layer] = working[layer] + delta
@@ -220,6 +237,7 @@ class SyntheticEngine:
                 for layer in step:
                     client.report_applied(layer)
         client.wait_finished()
+        self.solver.commit()
         with _Clock(seconds, "checkpoint"):
             round_dir.mkdir(parents=True, exist_ok=True)
             np.savez(round_dir / "delta.npz", **{f"delta_{k}": v for k, v in deltas.items()})

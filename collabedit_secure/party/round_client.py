@@ -2,9 +2,9 @@
 
     client = RoundClient(stub, identity, ca_pem, federation_id, fingerprints, log)
     params = client.join()                 # enrol, wait until the roster is fixed
-    client.setup_keys()                    # mask mode: signed keys, verified peers, Shamir share boxes
+    client.setup_keys()                    # mask/he: signed keys, verified peers, Shamir or CKKS-context boxes
     for step in client.steps():            # {layer: module name}, one per step of the schedule
-        deltas = client.exchange_step(step, {layer: (s_kk_upper, s_rk)})
+        deltas = client.exchange_step(step, {layer: (s_kk_upper, s_rk)}, solve)  # solve: HE mode only
         ...apply...; client.report_applied(layer)
     client.wait_finished()                 # COMPLETED, or RoundAborted (FAILED / ROLLED_BACK)
 
@@ -15,7 +15,9 @@ before the first byte. Costs (seconds, bytes sent/received) are kept per stage i
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -26,13 +28,17 @@ import numpy as np
 
 from collabedit_secure.protocol.encoding import Binding
 from collabedit_secure.protocol.fixedpoint import RoundNumerics
+from collabedit_secure.protocol.he import (
+    Encryptor, HeError, HeParameters, aggregate_digest, check_encryptable, decrypt_payload, load_secret_context,
+    new_secret_context, open_secret_context, public_context_bytes, seal_secret_context, secret_context_bytes,
+)
 from collabedit_secure.protocol.keys import (
     KeyAdvertisement, KeyAdvertisementError, RoundKeys, check_unique_keys, sign_advertisement, verify_advertisement,
 )
 from collabedit_secure.protocol.masking import masked_upload
 from collabedit_secure.protocol.recovery import share_index, split_round_secrets
 from collabedit_secure.protocol.shamir import Y_BYTES
-from collabedit_secure.protocol.sharebox import open_shares, seal_shares
+from collabedit_secure.protocol.sharebox import ShareBoxError, open_shares, seal_shares
 from collabedit_secure.rpc.generated import common_pb2 as cpb
 from collabedit_secure.rpc.generated import coordinator_pb2 as pb
 
@@ -99,7 +105,8 @@ class RoundClient:
     def __init__(self, stub, identity, ca_pem: bytes | None, federation_id: str, fingerprints: dict[str, str],
                  log: logging.Logger | None = None, *, party_id: str | None = None, insecure: bool = False,
                  rpc_timeout_s: float = 30.0, join_deadline_s: float = 60.0, phase_timeout_s: float = 600.0,
-                 retries: int = 5, sleep: Callable[[float], None] = time.sleep, stall: str | None = None):
+                 retries: int = 5, sleep: Callable[[float], None] = time.sleep, stall: str | None = None,
+                 he_workers: int = 1):
         self.stub, self.identity, self.ca_pem = stub, identity, ca_pem
         self.federation_id, self.fingerprints = federation_id, fingerprints
         self.log = log or logging.getLogger(__name__)
@@ -116,7 +123,11 @@ class RoundClient:
         self.peer_mask_keys: dict[str, bytes] = {}
         self.shares: dict[str, tuple] = {}  # owner -> (self_secret share, mask key share) held by me
         self.revealed: dict[str, int] = {}  # owner -> ShareKind revealed this round (never both kinds)
-        self.digests: dict[int, bytes] = {}  # layer -> sha256 of the ΔW payload downloaded
+        self.digests: dict[int, bytes] = {}  # layer -> sha256 of the ΔW payload downloaded (HE: solved)
+        self.he_ctx = None  # HE mode: the round's secret CKKS context, from the dealer
+        self.he_digest_key = b""
+        self.he_workers = he_workers
+        self.aggregate_digests: dict[int, bytes] = {}  # HE mode: layer -> HMAC of the decrypted sums
         self.steps_done = 0
         # Tests only: "before_upload:K" / "after_upload:K" hangs at that point of step K, so that a test
         # can SIGKILL the process exactly there (daemon: COLLABEDIT_TEST_STALL).
@@ -131,6 +142,15 @@ class RoundClient:
     @property
     def mask_mode(self) -> bool:
         return self.params.privacy_mode == cpb.PRIVACY_MODE_MASK
+
+    @property
+    def he_mode(self) -> bool:
+        return self.params.privacy_mode == cpb.PRIVACY_MODE_HE
+
+    @property
+    def he_params(self) -> HeParameters:
+        he = self.params.he
+        return HeParameters(he.poly_modulus_degree, tuple(he.coeff_mod_bit_sizes), he.scale_bits)
 
     @property
     def sequential(self) -> bool:
@@ -233,7 +253,7 @@ class RoundClient:
         if self.me not in self.params.roster:
             raise RoundError(f"round {self.round_id} started without this party ({self.me!r} is not in the roster "
                              f"{list(self.params.roster)})")
-        if self.params.privacy_mode not in (cpb.PRIVACY_MODE_MASK, cpb.PRIVACY_MODE_PLAIN):
+        if self.params.privacy_mode not in (cpb.PRIVACY_MODE_MASK, cpb.PRIVACY_MODE_PLAIN, cpb.PRIVACY_MODE_HE):
             raise RoundError(f"privacy mode {cpb.PrivacyMode.Name(self.params.privacy_mode)} is not supported "
                              "by this party")
         return self.params
@@ -253,11 +273,12 @@ class RoundClient:
     # ------------------------------------------------------------------ keys and shares
 
     def setup_keys(self) -> None:
-        """Mask mode: advertise signed keys, verify every peer's, exchange Shamir share boxes."""
-        if not self.mask_mode:
+        """Mask mode: advertise signed keys, verify every peer's, exchange Shamir share boxes.
+        HE mode: the same signed keys, then the dealer's secret CKKS context in a box for each peer."""
+        if not (self.mask_mode or self.he_mode):
             return
         if self.identity is None:
-            raise RoundError("mask mode needs the party's certificate and key to sign its round keys")
+            raise RoundError("mask and he modes need the party's certificate and key to sign its round keys")
         with _Timer(self.stats, "keys"):
             self.keys = RoundKeys.generate()
             mine = sign_advertisement(self.identity.private_key, self.identity.certificate_pem, self.federation_id,
@@ -271,7 +292,10 @@ class RoundClient:
                                              "every party's keys").advertisements
             self.params = self._get_round("keys").parameters  # the roster is final now (Shamir x)
             adverts = self._verify_advertisements(listed, mine)
-            self._share_secrets(adverts)
+            if self.mask_mode:
+                self._share_secrets(adverts)
+            else:
+                self._share_he_context(adverts)
 
     def _verify_advertisements(self, listed, mine: KeyAdvertisement) -> dict[str, KeyAdvertisement]:
         adverts = {}
@@ -320,13 +344,54 @@ class RoundClient:
         self.log.info("round %d: keys verified for %d parties, shares from %d", self.round_id, len(adverts),
                       len(received))
 
+    def _share_he_context(self, adverts: dict[str, KeyAdvertisement]) -> None:
+        """The dealer makes the CKKS context and seals it for each peer; everyone then fetches theirs."""
+        params, dealer = self.he_params, sorted(self.params.roster)[0]
+        if self.me == dealer:
+            ctx, digest_key = new_secret_context(params), os.urandom(32)
+            public, secret = public_context_bytes(ctx), secret_context_bytes(ctx)
+            boxes = [pb.EncryptedShare(sender_party_id=self.me, recipient_party_id=peer, ciphertext=seal_secret_context(
+                         self.federation_id, self.round_id, self.me, peer, self.keys.share_private_key,
+                         adverts[peer].share_public_key, secret, digest_key, public))
+                     for peer in sorted(adverts) if peer != self.me]
+            self._call("keys", "PublishHeContext", pb.PublishHeContextRequest(
+                round_id=self.round_id, public_context=public, secret_contexts=boxes))
+        reply = self._poll_precondition("keys", "GetHeContext", pb.GetHeContextRequest(round_id=self.round_id),
+                                        "the dealer's CKKS context")
+        if reply.dealer_party_id != dealer:
+            raise RoundError(f"the coordinator names {reply.dealer_party_id!r} as the dealer, expected {dealer!r}")
+        try:
+            if self.me == dealer:
+                if reply.public_context != public:
+                    raise HeError("the coordinator holds another public context than the one this party published")
+            else:
+                box = reply.secret_context
+                if box.sender_party_id != dealer or box.recipient_party_id != self.me:
+                    raise HeError(f"secret-context box from {box.sender_party_id!r} to {box.recipient_party_id!r}")
+                secret, digest_key, public_sha = open_secret_context(
+                    self.federation_id, self.round_id, dealer, self.me, self.keys.share_private_key,
+                    adverts[dealer].share_public_key, box.ciphertext)
+                if _sha(reply.public_context) != public_sha:
+                    raise HeError("the coordinator's public context is not the one the dealer sealed with the key")
+                ctx = load_secret_context(secret, params)
+        except (HeError, ShareBoxError) as error:
+            self.log.error("ABORTING round %d: %s", self.round_id, error)
+            raise RoundError(f"round {self.round_id} aborted locally: {error}") from None
+        self.he_ctx, self.he_digest_key = ctx, digest_key
+        self.log.info("round %d: CKKS context from %s (N=%d, scale 2^%d, 128-bit security)", self.round_id, dealer,
+                      params.poly_modulus_degree, params.scale_bits)
+
     # ------------------------------------------------------------------ one step
 
-    def exchange_step(self, step_layers: dict[int, str],
-                      contributions: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[int, np.ndarray]:
-        """Upload this step's statistics, take part in unmasking, download ΔW per layer."""
+    def exchange_step(self, step_layers: dict[int, str], contributions: dict[int, tuple[np.ndarray, np.ndarray]],
+                      solve: Callable[[int, str, np.ndarray, np.ndarray], np.ndarray] | None = None,
+                      ) -> dict[int, np.ndarray]:
+        """Upload this step's statistics, take part in unmasking, download ΔW per layer.
+        HE mode: download the encrypted sums instead and solve(layer, module, S_KK upper, S_RK) -> ΔW."""
         if set(contributions) != set(step_layers):
             raise ValueError(f"contributions for layers {sorted(contributions)}, the step has {sorted(step_layers)}")
+        if self.he_mode and solve is None:
+            raise ValueError("an HE round needs solve(): the coordinator never sees ΔW")
         specs = {spec.layer: spec for spec in self.params.layers}
         layer = next(iter(step_layers)) if self.sequential else None
         self._wait(lambda s: s.phase == PHASE.ROUND_PHASE_UPLOADING and (layer is None or s.current_layer == layer),
@@ -341,7 +406,10 @@ class RoundClient:
         self._wait(lambda s: s.phase in (PHASE.ROUND_PHASE_DOWNLOADING, PHASE.ROUND_PHASE_COMPLETED)
                    and (layer is None or s.current_layer == layer or layer in s.layers_completed),
                    "wait", f"the solve of step {self.steps_done}")
-        deltas = {lay: self._download(specs[lay]) for lay in step_layers}
+        if self.he_mode:
+            deltas = {lay: self._solve_he(specs[lay], step_layers[lay], solve) for lay in step_layers}
+        else:
+            deltas = {lay: self._download(specs[lay]) for lay in step_layers}
         self.steps_done += 1
         return deltas
 
@@ -351,28 +419,48 @@ class RoundClient:
             time.sleep(3600)
 
     def _encode(self, step_layers, contributions, specs) -> dict:
+        if self.he_mode:
+            return self._encrypt(step_layers, contributions, specs)
         numerics = RoundNumerics(len(self.params.roster), self.params.scale_bits, self.params.per_party_bound) \
             if self.mask_mode else None
         out = {}
         with _Timer(self.stats, "mask"):
-            for lay in step_layers:
-                spec = specs.get(lay)
-                if spec is None:
-                    raise RoundError(f"layer {lay} is not in round {self.round_id}")
-                s_kk, s_rk = contributions[lay]
-                want = {"TENSOR_S_KK_UPPER": (spec.d_in * (spec.d_in + 1) // 2,), "TENSOR_S_RK": (spec.d_out, spec.d_in)}
-                for tensor, values in zip(TENSORS, (s_kk, s_rk)):
-                    values = np.ascontiguousarray(values, dtype=np.float64)
-                    if values.shape != want[tensor]:
-                        raise ValueError(f"layer {lay} {tensor}: shape {values.shape}, the round expects {want[tensor]}")
-                    if self.mask_mode:
-                        binding = Binding(self.federation_id, self.round_id, lay, tensor, want[tensor])
-                        words = masked_upload(values, numerics, binding, self.me, self.keys, self.peer_mask_keys)
-                        data, encoding = words.astype("<u8", copy=False).tobytes(), cpb.ENCODING_RING_U64_LE
-                    else:
-                        data, encoding = values.astype("<f8", copy=False).tobytes(), cpb.ENCODING_FLOAT64_LE
-                    out[(lay, tensor)] = (want[tensor], encoding, data)
+            for lay, tensor, shape, values in self._checked_contributions(step_layers, contributions, specs):
+                if self.mask_mode:
+                    binding = Binding(self.federation_id, self.round_id, lay, tensor, shape)
+                    words = masked_upload(values, numerics, binding, self.me, self.keys, self.peer_mask_keys)
+                    data, encoding = words.astype("<u8", copy=False).tobytes(), cpb.ENCODING_RING_U64_LE
+                else:
+                    data, encoding = values.astype("<f8", copy=False).tobytes(), cpb.ENCODING_FLOAT64_LE
+                out[(lay, tensor)] = (shape, encoding, data)
         return out
+
+    def _checked_contributions(self, step_layers, contributions, specs):
+        """(layer, tensor, expected shape, float64 values) for every tensor of the step, shapes checked."""
+        for lay in step_layers:
+            spec = specs.get(lay)
+            if spec is None:
+                raise RoundError(f"layer {lay} is not in round {self.round_id}")
+            want = {"TENSOR_S_KK_UPPER": (spec.d_in * (spec.d_in + 1) // 2,), "TENSOR_S_RK": (spec.d_out, spec.d_in)}
+            for tensor, values in zip(TENSORS, contributions[lay]):
+                values = np.ascontiguousarray(values, dtype=np.float64)
+                if values.shape != want[tensor]:
+                    raise ValueError(f"layer {lay} {tensor}: shape {values.shape}, the round expects {want[tensor]}")
+                yield lay, tensor, want[tensor], values
+
+    def _encrypt(self, step_layers, contributions, specs) -> dict:
+        """HE mode: every value checked against the bound first, then CKKS-encrypted (nothing sent yet)."""
+        tensors = list(self._checked_contributions(step_layers, contributions, specs))
+        bound = self.params.he.per_party_bound
+        for lay, tensor, _, values in tensors:
+            check_encryptable(f"layer {lay} {tensor}", values, bound)
+        encryptor = Encryptor(self.he_ctx, self.he_params, self.he_workers)
+        try:
+            with _Timer(self.stats, "encrypt"):
+                return {(lay, tensor): (shape, cpb.ENCODING_CKKS, encryptor.encrypt(values))
+                        for lay, tensor, shape, values in tensors}
+        finally:
+            encryptor.close()
 
     def _upload(self, layer: int, tensor: str, shape, encoding: int, data: bytes) -> None:
         digest, chunk = _sha(data), self.params.chunk_bytes or (1 << 20)
@@ -447,15 +535,14 @@ class RoundClient:
                 out.append(pb.RevealedShare(owner_party_id=owner, kind=kind, x=x, y=share.y.to_bytes(Y_BYTES, "big")))
         return out
 
-    def _download(self, spec) -> np.ndarray:
-        """ΔW of one layer; a cut stream resumes at the bytes already received."""
+    def _stream(self, method: str, make_request: Callable[[int], object], what: str) -> tuple:
+        """(header, payload) of a chunked download; a cut stream resumes at the bytes already received."""
         received, header, attempt = bytearray(), None, 0
         with _Timer(self.stats, "download"):
             while True:
                 try:
-                    stream = self.stub.DownloadUpdate(pb.DownloadUpdateRequest(
-                        round_id=self.round_id, layer=spec.layer, start_offset=len(received)),
-                        timeout=self.phase_timeout_s, metadata=self.metadata)
+                    stream = getattr(self.stub, method)(make_request(len(received)), timeout=self.phase_timeout_s,
+                                                        metadata=self.metadata)
                     for message in stream:
                         self.stats.add("download", received=message.ByteSize())
                         if message.HasField("header"):
@@ -463,30 +550,62 @@ class RoundClient:
                             continue
                         chunk = message.chunk
                         if chunk.offset != len(received) or _sha(chunk.data) != chunk.sha256:
-                            raise RoundError(f"layer {spec.layer}: bad chunk at offset {chunk.offset}")
+                            raise RoundError(f"{what}: bad chunk at offset {chunk.offset}")
                         received += chunk.data
                     break
                 except grpc.RpcError as error:
                     if error.code() not in RETRYABLE or attempt == self.retries:
                         raise
-                    self.log.warning("download of layer %d cut at %d bytes (%s); resuming", spec.layer,
-                                     len(received), error.code().name)
+                    self.log.warning("download of %s cut at %d bytes (%s); resuming", what, len(received),
+                                     error.code().name)
                     self.sleep(self._backoff(attempt))
                     attempt += 1
-        shape = (spec.d_out, spec.d_in)
-        if header is None or tuple(header.shape) != shape or header.encoding != cpb.ENCODING_FLOAT64_LE:
-            raise RoundError(f"layer {spec.layer}: ΔW header is missing or not float64 {shape}")
+        if header is None:
+            raise RoundError(f"{what}: the download has no header")
         if len(received) != header.total_bytes or _sha(bytes(received)) != header.sha256:
-            raise RoundError(f"layer {spec.layer}: ΔW payload is incomplete or its sha256 does not match")
+            raise RoundError(f"{what}: payload is incomplete or its sha256 does not match")
+        return header, bytes(received)
+
+    def _download(self, spec) -> np.ndarray:
+        """ΔW of one layer (mask and plain modes)."""
+        header, payload = self._stream("DownloadUpdate", lambda offset: pb.DownloadUpdateRequest(
+            round_id=self.round_id, layer=spec.layer, start_offset=offset), f"ΔW of layer {spec.layer}")
+        shape = (spec.d_out, spec.d_in)
+        if tuple(header.shape) != shape or header.encoding != cpb.ENCODING_FLOAT64_LE:
+            raise RoundError(f"layer {spec.layer}: ΔW header is not float64 {shape}")
         self.digests[spec.layer] = header.sha256
-        return np.frombuffer(bytes(received), dtype="<f8").astype(np.float64).reshape(shape)
+        return np.frombuffer(payload, dtype="<f8").astype(np.float64).reshape(shape)
+
+    def _solve_he(self, spec, module: str, solve) -> np.ndarray:
+        """HE mode: download both encrypted sums, decrypt, and solve ΔW here."""
+        sums = []
+        for tensor, n_values in (("TENSOR_S_KK_UPPER", spec.d_in * (spec.d_in + 1) // 2),
+                                 ("TENSOR_S_RK", spec.d_out * spec.d_in)):
+            code = cpb.Tensor.Value(tensor)
+            header, payload = self._stream("DownloadAggregate", lambda offset, code=code: pb.DownloadAggregateRequest(
+                round_id=self.round_id, layer=spec.layer, tensor=code, start_offset=offset),
+                f"encrypted {tensor} of layer {spec.layer}")
+            if header.encoding != cpb.ENCODING_CKKS:
+                raise RoundError(f"layer {spec.layer} {tensor}: the encrypted sum is not ENCODING_CKKS")
+            with _Timer(self.stats, "decrypt"):
+                try:
+                    sums.append(decrypt_payload(self.he_ctx, self.he_params, io.BytesIO(payload), n_values))
+                except HeError as error:
+                    raise RoundError(f"layer {spec.layer} {tensor}: {error}") from None
+        s_kk, s_rk = sums[0], sums[1].reshape(spec.d_out, spec.d_in)
+        self.aggregate_digests[spec.layer] = aggregate_digest(self.he_digest_key, spec.layer, (s_kk, s_rk))
+        with _Timer(self.stats, "solve"):
+            delta = np.ascontiguousarray(solve(spec.layer, module, s_kk, s_rk), dtype=np.float64)
+        self.digests[spec.layer] = _sha(delta.astype("<f8", copy=False).tobytes())
+        return delta
 
     # ------------------------------------------------------------------ after the step
 
     def report_applied(self, layer: int, delta_sha256: bytes | None = None):
         with _Timer(self.stats, "report"):
             return self._call("report", "ReportApplied", pb.ReportAppliedRequest(
-                round_id=self.round_id, layer=layer, sha256=delta_sha256 or self.digests[layer]))
+                round_id=self.round_id, layer=layer, sha256=delta_sha256 or self.digests[layer],
+                aggregate_digest=self.aggregate_digests.get(layer, b"")))
 
     def wait_finished(self):
         """COMPLETED status, else RoundAborted."""

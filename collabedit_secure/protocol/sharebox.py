@@ -49,9 +49,12 @@ def box_context(federation_id: str, round_id: int, sender: str, recipient: str) 
     return encode_fields(federation_id, round_id, sender, recipient)
 
 
-def _box_key(private_key: x25519.X25519PrivateKey, peer_public_key: bytes, context: bytes) -> AESGCM:
+def box_aead(private_key: x25519.X25519PrivateKey, peer_public_key: bytes, context: bytes,
+             salt: bytes = SHARE_BOX_SALT) -> AESGCM:
+    """AES-256-GCM keyed by HKDF-SHA256(X25519(private, peer public), salt, info = context).
+    Each kind of box has its own salt, so a box of one kind never opens as another."""
     secret = x25519_shared_secret(private_key, peer_public_key)
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=SHARE_BOX_SALT, info=context).derive(secret)
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=context).derive(secret)
     return AESGCM(key)
 
 
@@ -69,7 +72,7 @@ def seal_shares(
     context = box_context(federation_id, round_id, sender, recipient)
     plaintext = encode_fields(sender, recipient, self_secret_share.to_bytes(), mask_key_share.to_bytes())
     nonce = os.urandom(NONCE_BYTES)  # random: a key is used for exactly one box, so no collision risk
-    aead = _box_key(sender_share_private_key, recipient_share_public_key, context)
+    aead = box_aead(sender_share_private_key, recipient_share_public_key, context)
     return nonce + aead.encrypt(nonce, plaintext, context)
 
 
@@ -88,7 +91,7 @@ def open_shares(
     if not isinstance(box, (bytes, bytearray)) or len(box) < NONCE_BYTES + TAG_BYTES:
         raise ShareBoxError(f"share box from {sender!r} is too short to be a box")
     try:
-        plaintext = _box_key(recipient_share_private_key, sender_share_public_key, context).decrypt(
+        plaintext = box_aead(recipient_share_private_key, sender_share_public_key, context).decrypt(
             bytes(box[:NONCE_BYTES]), bytes(box[NONCE_BYTES:]), context
         )
     except InvalidTag:

@@ -6,6 +6,7 @@ Layers 0 and 1 with d_in = 8, d_out = 4; C0 from MEMIT-layout npz files; no mode
 from __future__ import annotations
 
 import hashlib
+import io
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from collabedit_secure.kernels import pack_upper
 from collabedit_secure.merging.collabedit import collabedit_merge
 from collabedit_secure.protocol.encoding import Binding
 from collabedit_secure.protocol.fixedpoint import RoundNumerics
+from collabedit_secure.protocol import he
 from collabedit_secure.protocol.keys import KeyAdvertisement, RoundKeys, sign_advertisement, verify_advertisement
 from collabedit_secure.protocol.masking import masked_upload
 from collabedit_secure.protocol.recovery import share_index, split_round_secrets
@@ -50,13 +52,13 @@ def write_statistics(folder: Path) -> None:
 
 
 def write_config(folder: Path, stats: Path, pki, privacy="mask", schedule="parallel", threshold=2,
-                 min_parties=2, deadlines=None, state_dir=None) -> Path:
+                 min_parties=2, deadlines=None, state_dir=None, chunk_bytes=CHUNK) -> Path:
     config = {
         "federation_id": FEDERATION, "listen": "127.0.0.1:0", "port_file": str(folder / "port"),
         "state_dir": str(state_dir or folder / "state"), "roster": ["a", "b", "c"], "threshold": threshold,
         "min_parties": min_parties, "schedule": schedule, "privacy": privacy,
         "hparams": str(stats / "hparams.yaml"), "c0": str(stats), "layer_shapes": {l: D_OUT for l in LAYERS},
-        "model_fingerprint": "ab" * 32, "chunk_bytes": CHUNK,
+        "model_fingerprint": "ab" * 32, "chunk_bytes": chunk_bytes,
         "deadlines": {"join": 60, "keys": 60, "upload": 60, "unmask": 60, "download": 60, **(deadlines or {})},
         "tls": {"ca": str(pki.ca_cert), "cert": str(pki.certs["coordinator"]), "key": str(pki.keys["coordinator"])},
     }
@@ -117,6 +119,10 @@ def stream(head: pb.PayloadHeader, chunks):
     yield cpb.UploadContributionRequest(header=head)
     for chunk in chunks:
         yield cpb.UploadContributionRequest(chunk=chunk)
+
+
+def send_upload(party: "Party", head: pb.PayloadHeader, chunks):
+    return party.stub.UploadContribution(stream(head, chunks), timeout=10)
 
 
 class Party:
@@ -180,13 +186,49 @@ class Party:
                 FEDERATION, self.round_id, box.sender_party_id, self.name, self.keys.share_private_key,
                 self.peers[box.sender_party_id].share_public_key, box.ciphertext, expected_x=x)
 
+    def verify_peers(self) -> None:
+        response = self.stub.ListKeyAdvertisements(cpb.ListKeyAdvertisementsRequest(round_id=self.round_id), timeout=5)
+        self.peers = {}
+        for a in response.advertisements:
+            adv = KeyAdvertisement(a.party_id, a.mask_public_key, a.share_public_key, a.certificate_pem.encode(), a.signature)
+            verify_advertisement(adv, self.identity.ca_pem, FEDERATION, self.round_id)
+            self.peers[a.party_id] = adv
+        self.roster = sorted(self.peers)
+        self.params = self.stub.GetRound(cpb.GetRoundRequest(round_id=self.round_id), timeout=5).parameters
+        self.he_params = he.HeParameters(self.params.he.poly_modulus_degree,
+                                         tuple(self.params.he.coeff_mod_bit_sizes), self.params.he.scale_bits)
+
+    def he_publish(self) -> cpb.PublishHeContextRequest:
+        """As the dealer: a fresh secret context, sealed for every peer, published."""
+        self.he_ctx, self.digest_key = he.new_secret_context(self.he_params), b"k" * 32
+        public, secret = he.public_context_bytes(self.he_ctx), he.secret_context_bytes(self.he_ctx)
+        boxes = [cpb.EncryptedShare(sender_party_id=self.name, recipient_party_id=peer, ciphertext=he.seal_secret_context(
+                    FEDERATION, self.round_id, self.name, peer, self.keys.share_private_key,
+                    self.peers[peer].share_public_key, secret, self.digest_key, public))
+                 for peer in self.roster if peer != self.name]
+        request = cpb.PublishHeContextRequest(round_id=self.round_id, public_context=public, secret_contexts=boxes)
+        self.stub.PublishHeContext(request, timeout=10)
+        return request
+
+    def he_fetch(self) -> None:
+        reply = self.stub.GetHeContext(cpb.GetHeContextRequest(round_id=self.round_id), timeout=10)
+        box = reply.secret_context
+        secret, self.digest_key, public_sha = he.open_secret_context(
+            FEDERATION, self.round_id, reply.dealer_party_id, self.name, self.keys.share_private_key,
+            self.peers[reply.dealer_party_id].share_public_key, box.ciphertext)
+        assert hashlib.sha256(reply.public_context).digest() == public_sha
+        self.he_ctx = he.load_secret_context(secret, self.he_params)
+
     def payload(self, layer: int, tensor: int, values: np.ndarray) -> tuple[bytes, list[int], int]:
-        """Encoded bytes, shape and encoding of one contribution (masked in mask mode)."""
+        """Encoded bytes, shape and encoding of one contribution (masked in mask mode, encrypted in he)."""
         if tensor == pb.TENSOR_S_KK_UPPER:
             values = pack_upper(values)
         shape = list(values.shape)
         if self.config.privacy == "plain":
             return np.ascontiguousarray(values, "<f8").tobytes(), shape, pb.ENCODING_FLOAT64_LE
+        if self.config.privacy == "he":
+            payload = he.Encryptor(self.he_ctx, self.he_params).encrypt(np.asarray(values, np.float64))
+            return payload, shape, pb.ENCODING_CKKS
         binding = Binding(FEDERATION, self.round_id, layer, pb.Tensor.Name(tensor), tuple(shape))
         numerics = RoundNumerics(len(self.roster), self.params.scale_bits, self.params.per_party_bound)
         peers = {p: a.mask_public_key for p, a in self.peers.items() if p != self.name}
@@ -196,7 +238,7 @@ class Party:
     def upload(self, layer: int, tensor: int, values: np.ndarray):
         payload, shape, encoding = self.payload(layer, tensor, values)
         head = header(self.round_id, layer, tensor, payload, shape, encoding)
-        return self.stub.UploadContribution(stream(head, chunks_of(payload)), timeout=10)
+        return self.stub.UploadContribution(stream(head, chunks_of(payload, self.config.chunk_bytes)), timeout=10)
 
     def upload_step(self, stats: dict, layers) -> None:
         for layer in layers:
@@ -226,9 +268,20 @@ class Party:
         assert hashlib.sha256(data).digest() == head.sha256 and len(data) == head.total_bytes
         return np.frombuffer(data, "<f8").reshape(tuple(head.shape)), head.sha256
 
-    def report(self, layer: int, digest: bytes):
-        return self.stub.ReportApplied(cpb.ReportAppliedRequest(round_id=self.round_id, layer=layer, sha256=digest),
-                                       timeout=5)
+    def download_sums(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """HE mode: both encrypted sums of a layer, decrypted (S_KK packed upper, S_RK)."""
+        sums = []
+        for tensor, n in ((pb.TENSOR_S_KK_UPPER, D_IN * (D_IN + 1) // 2), (pb.TENSOR_S_RK, D_OUT * D_IN)):
+            responses = list(self.stub.DownloadAggregate(cpb.DownloadAggregateRequest(
+                round_id=self.round_id, layer=layer, tensor=tensor), timeout=10))
+            head, data = responses[0].header, b"".join(r.chunk.data for r in responses[1:])
+            assert head.encoding == pb.ENCODING_CKKS and hashlib.sha256(data).digest() == head.sha256
+            sums.append(he.decrypt_payload(self.he_ctx, self.he_params, io.BytesIO(data), n))
+        return sums[0], sums[1].reshape(D_OUT, D_IN)
+
+    def report(self, layer: int, digest: bytes, aggregate_digest: bytes = b""):
+        return self.stub.ReportApplied(cpb.ReportAppliedRequest(round_id=self.round_id, layer=layer, sha256=digest,
+                                                                aggregate_digest=aggregate_digest), timeout=5)
 
 
 def prepare(parties: list[Party]) -> None:
@@ -242,6 +295,14 @@ def prepare(parties: list[Party]) -> None:
             p.share()
         for p in parties:
             p.open_boxes()
+    elif parties[0].config.privacy == "he":
+        for p in parties:
+            p.advertise()
+        for p in parties:
+            p.verify_peers()
+        parties[0].he_publish()  # a is the dealer: first in sorted order
+        for p in parties[1:]:
+            p.he_fetch()
     else:
         for p in parties:
             p.roster = sorted(x.name for x in parties)

@@ -68,7 +68,8 @@ def check_deltas(results, world, which):
 
 
 @pytest.mark.parametrize("privacy, schedule", [("mask", "sequential"), ("mask", "parallel"),
-                                               ("plain", "sequential"), ("plain", "parallel")])
+                                               ("plain", "sequential"), ("plain", "parallel"),
+                                               ("he", "sequential"), ("he", "parallel")])
 def test_round_equals_in_process_merge(tmp_path, synthetic_world, privacy, schedule):
     with federation(tmp_path, synthetic_world, privacy, schedule) as fed:
         round_id = start_round(fed)
@@ -102,8 +103,10 @@ def _synthetic_model(fed, party):
 SHORT = {"join": 60, "keys": 30, "upload": 4, "unmask": 20, "download": 4}
 
 
-def test_dropout_before_upload_is_recovered_with_t_survivors(tmp_path, synthetic_world):
-    with federation(tmp_path, synthetic_world, threshold=2, deadlines=SHORT,
+@pytest.mark.parametrize("privacy", ["mask", "he"])
+def test_dropout_before_upload_is_recovered_with_t_survivors(tmp_path, synthetic_world, privacy):
+    """HE: the round completes with the survivors' encrypted sum (nothing to recover: no masks)."""
+    with federation(tmp_path, synthetic_world, privacy, threshold=2, deadlines=SHORT,
                     env={"c": {"COLLABEDIT_TEST_STALL": "before_upload:0"}}) as fed:
         round_id = start_round(fed)
         _wait_phase(fed, lambda s: s.phase == PHASE.ROUND_PHASE_UPLOADING)

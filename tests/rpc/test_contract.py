@@ -51,6 +51,8 @@ EXPECTED_RPCS = {
         "ListKeyAdvertisements": UNARY,
         "SubmitEncryptedShares": UNARY,
         "ListEncryptedShares": UNARY,
+        "PublishHeContext": UNARY,
+        "GetHeContext": UNARY,
         "UploadContribution": CLIENT_STREAM,
         "GetUnmaskingPlan": UNARY,
         "SubmitUnmaskingShares": UNARY,
