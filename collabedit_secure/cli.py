@@ -7,6 +7,7 @@
     collabedit eval --model M --dataset PATH [--round-prompts FILE] [--no-fluency | --fluency-tokens N]
                     [--consistency DIR|world] --json OUT
     collabedit bench kernels [--quick] [--repeats N] [--json OUT]
+    collabedit bench privacy [--parties 2,4,8] [--dim 1024,4096] [--modes plain,mask,he] [--json OUT] [--plot OUT.png]
     collabedit certs init --parties a,b,c --out DIR
     collabedit coordinator serve --config FILE [--insecure]
     collabedit party run --config FILE [--insecure]
@@ -229,6 +230,14 @@ def _bench_kernels(args: argparse.Namespace) -> None:
     bench_kernels.run(args)
 
 
+def _bench_privacy(args: argparse.Namespace) -> None:
+    from .bench import privacy as bench_privacy
+
+    report = bench_privacy.run(args)
+    if args.strict and report["failed"]:
+        raise SystemExit(1)
+
+
 def consistency_source(value: str) -> str:
     """argparse type: 'world' or a directory (its files are checked when read, before any model loads)."""
     if value != "world" and not Path(value).is_dir():
@@ -356,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_kernels_module.add_arguments(bench_kernels)
     bench_kernels.set_defaults(handler=_bench_kernels)
+    bench_privacy = bench_cmds.add_parser("privacy", help="one federation round per privacy mode, party count and "
+                                                          "width: time, bytes and memory against plain mode")
+    from .bench import privacy as bench_privacy_module
+
+    bench_privacy_module.add_arguments(bench_privacy)
+    bench_privacy.set_defaults(handler=_bench_privacy)
 
     from .coordinator.cli import add_commands as add_coordinator_commands
     from .party.cli import add_commands as add_party_commands

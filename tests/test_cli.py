@@ -114,13 +114,15 @@ def forbid_work(monkeypatch) -> None:
     """Make every command's first piece of real work fail the test: model loading (simulate keeps
     its own reference to load_model) and the kernel benchmark."""
     import collabedit_secure.bench.kernels as bench
+    import collabedit_secure.bench.privacy as bench_privacy
     import collabedit_secure.pipeline as pipeline
     import collabedit_secure.simulate as simulate
 
     def must_not_run(*args, **kwargs):
         pytest.fail("work started before the input was checked")
 
-    for module, name in ((pipeline, "load_model"), (simulate, "load_model"), (bench, "run")):
+    for module, name in ((pipeline, "load_model"), (simulate, "load_model"), (bench, "run"),
+                         (bench_privacy, "run")):
         monkeypatch.setattr(module, name, must_not_run)
 
 
@@ -148,6 +150,9 @@ def test_missing_input_paths_fail_before_any_model_loads(argv, tmp_path, capsys,
     (["simulate", "--json", "{dir}"], "{dir} is a directory; give a file name"),
     (["eval", "--model", "default", "--dataset", "{present}", "--json", "{dir}"], "is a directory"),
     (["bench", "kernels", "--json", "{dir}"], "is a directory"),
+    (["bench", "privacy", "--plot", "{dir}"], "is a directory"),
+    (["bench", "privacy", "--parties", "1,2"], "every party count must be >= 2, got 1"),
+    (["bench", "privacy", "--modes", "plain,fhe"], "modes are a comma-separated subset of plain,mask,he"),
     (["simulate", "--json", "{present}/results.json"], "cannot write {present}/results.json"),
     (["edit", "--model", "default", "--requests", "{present}", "--out", "{present}/edited"],
      "cannot write {present}/edited: {present} is not a directory"),

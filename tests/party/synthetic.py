@@ -2,40 +2,30 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
-from collabedit_secure.editing.covariance import SecondMoment, export_memit_stats
-from collabedit_secure.editing.hparams import MemitHparams
+from collabedit_secure.party import synthetic
 from collabedit_secure.party.engine import write_synthetic_stats
+from collabedit_secure.party.synthetic import MODEL_FINGERPRINT, MODULE  # noqa: F401 (re-export)
 
 LAYERS = (0, 1)
 D_IN, D_OUT = 6, 4
-MODEL_FINGERPRINT = "ab" * 32
-MODULE = "transformer.h.{}.mlp.c_proj"
 
 
 def write_hparams(folder: Path) -> Path:
-    hparams = dataclasses.replace(MemitHparams.builtin("default-world"), layers=list(LAYERS),
-                                  mom2_update_weight=3.0)
-    path = folder / "hparams.yaml"
-    hparams.to_yaml(path)
-    return path
+    return synthetic.write_hparams(folder, LAYERS, mom2_update_weight=3.0)
 
 
 def write_c0(folder: Path, seed: int = 1) -> Path:
     rng = np.random.default_rng(seed)
-    out = folder / "c0"
+    c0 = {}
     for layer in LAYERS:
         a = rng.standard_normal((D_IN, 3 * D_IN))
-        count = 10
-        mom2 = torch.tensor(a @ a.T / (3 * D_IN) * count)
-        export_memit_stats(SecondMoment(mom2, count), out / f"{MODULE.format(layer)}_float32_mom2_100000.npz")
-    return out
+        c0[layer] = a @ a.T / (3 * D_IN)
+    return synthetic.write_c0(folder, c0, count=10)
 
 
 def party_stats(seed: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
