@@ -352,6 +352,10 @@ def _fill_measurements(row: dict, mode: str, results: dict, events: list[dict], 
     row["bytes_received_by_stage"] = {p: results[p].get("bytes_received_by_stage") for p in names}
     row["coordinator_bytes_received"] = sum(sent.values())
     row["coordinator_upload_payload_bytes"] = _sum_field(events, "upload_accepted", "bytes")
+    row["upload_payload_bytes_per_party_by_tensor"] = {
+        tensor: _mean([e["bytes"] for e in events if e.get("event") == "upload_accepted" and e.get("tensor") == tensor]
+                      or [None])
+        for tensor in ("TENSOR_S_KK_UPPER", "TENSOR_S_RK")}
     served = [_sum_field(events, name, "bytes") for name in ("update_served", "aggregate_served")]
     row["coordinator_payload_bytes_served"] = (None if all(v is None for v in served)
                                                else sum(v for v in served if v is not None))
@@ -402,7 +406,9 @@ def naive_he(d: int, sample: int = NAIVE_SAMPLE) -> dict:
         sizes.append(len(vector.serialize()))
     seconds = time.perf_counter() - started
     per = sum(sizes) / len(sizes)
-    return {"d": d, "poly_modulus_degree": NAIVE_POLY_DEGREE, "coeff_mod_bit_sizes": list(NAIVE_COEFF_BITS),
+    # S_RK (d/4 x d) in the same parameters: every ciphertext of them serializes to the same size.
+    s_rk_count = math.ceil((d // 4) * d / slots)
+    return {"d": d, "s_rk_ciphertexts": s_rk_count, "s_rk_bytes": per * s_rk_count, "poly_modulus_degree": NAIVE_POLY_DEGREE, "coeff_mod_bit_sizes": list(NAIVE_COEFF_BITS),
             "scale_bits": NAIVE_SCALE_BITS, "slots_per_ciphertext": slots, "values": int(flat.size),
             "ciphertexts": count, "measured_ciphertexts": len(sizes), "extrapolated": not full,
             "bytes_per_ciphertext_mean": per, "bytes_measured": sum(sizes),
@@ -458,6 +464,10 @@ def format_naive(naive: list[dict], rows: list[dict]) -> str:
         cells = ", ".join(f"{_fmt(r.get('bytes_sent_per_party'), '.3f', MB)} (n={r['parties']})"
                           + (f" = {r['bytes_sent_per_party'] / item['bytes']:.4f}x" if r.get("bytes_sent_per_party")
                              else f" {r['status']}") for r in he)
+        fewer = [r for r in he if r.get("naive_over_he_s_kk")]
+        if fewer:
+            cells += (f"; naive/he: S_KK {fewer[0]['naive_over_he_s_kk']:.2f}x, S_KK+S_RK upload "
+                      f"{fewer[0]['naive_over_he_upload']:.2f}x")
         note = "" if not item["extrapolated"] else " (sample, scaled)"
         lines.append(f"{item['d']:>6}{item['ciphertexts']:>13}{item['measured_ciphertexts']:>10}"
                      f"{item['bytes'] / MB:>11.1f}{item['encrypt_serialize_seconds']:>11.2f}   {cells or '-'}{note}")
@@ -539,6 +549,9 @@ DEFINITIONS = {
     "coordinator_upload_payload_bytes": "sum of upload_accepted bytes (payload of accepted uploads, no framing)",
     "peak_rss_bytes": "per process, peak resident set over its life (startup included); source in peak_rss_source",
     "ratios_to_plain": "this configuration's value over plain mode's at the same parties and d, same run",
+    "ratio_to_naive_he": "he: bytes_sent_per_party over the naive bytes of the full d x d S_KK alone",
+    "naive_over_he_s_kk": "he: naive bytes of the full S_KK over this party's S_KK upload payload (packed upper triangle)",
+    "naive_over_he_upload": "he: naive bytes of full S_KK + S_RK over this party's S_KK + S_RK upload payload",
 }
 
 
@@ -622,6 +635,13 @@ def run(args: argparse.Namespace) -> dict:
             row["naive_he_bytes"] = item["bytes"] if item else None
             row["ratio_to_naive_he"] = (row["bytes_sent_per_party"] / item["bytes"]
                                         if item and row.get("bytes_sent_per_party") else None)
+            # How many times fewer bytes than the naive encoding: S_KK alone (full matrix against the
+            # packed upper triangle in sum-only parameters), and the whole upload (S_KK + S_RK both ways).
+            ours = row.get("upload_payload_bytes_per_party_by_tensor") or {}
+            s_kk, s_rk = ours.get("TENSOR_S_KK_UPPER"), ours.get("TENSOR_S_RK")
+            row["naive_over_he_s_kk"] = item["bytes"] / s_kk if item and s_kk else None
+            row["naive_over_he_upload"] = ((item["bytes"] + item["s_rk_bytes"]) / (s_kk + s_rk)
+                                           if item and s_kk and s_rk else None)
     report = {"benchmark": "privacy", "machine": machine_info(),
               "settings": {"parties": args.parties, "dims": args.dim, "modes": args.modes, "schedule": args.schedule,
                            "layers": args.layers, "timeout_s": args.timeout, "rank": RANK,
