@@ -12,6 +12,7 @@
     collabedit coordinator serve --config FILE [--insecure]
     collabedit party run --config FILE [--insecure]
     collabedit demo [--json OUT] ...
+    collabedit conformance write|check [DIR]
 
 M is a local HF model directory, a hub name, or `default` (the embedded world model).
 Heavy imports happen inside each command so that `--help` is instant.
@@ -383,7 +384,21 @@ def build_parser() -> argparse.ArgumentParser:
                                             "machine, compared with global MEMIT (scripts/dev.sh demo)")
     demo_module.add_arguments(demo)
     demo.set_defaults(handler=_demo)
+
+    vectors = commands.add_parser("conformance", help="write or check the protocol's conformance vectors "
+                                                      "(proto/conformance/*.json)")
+    vectors.add_argument("action", choices=["write", "check"])
+    vectors.add_argument("folder", nargs="?", help="default: proto/conformance of this checkout")
+    vectors.set_defaults(handler=_conformance)
     return parser
+
+
+def _conformance(args: argparse.Namespace) -> None:
+    from .protocol import conformance
+
+    code = conformance.run(args.action, Path(args.folder) if args.folder else conformance.DEFAULT_DIR)
+    if code:
+        raise SystemExit(code)
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -49,13 +49,17 @@ def box_context(federation_id: str, round_id: int, sender: str, recipient: str) 
     return encode_fields(federation_id, round_id, sender, recipient)
 
 
-def box_aead(private_key: x25519.X25519PrivateKey, peer_public_key: bytes, context: bytes,
-             salt: bytes = SHARE_BOX_SALT) -> AESGCM:
-    """AES-256-GCM keyed by HKDF-SHA256(X25519(private, peer public), salt, info = context).
+def box_key(private_key: x25519.X25519PrivateKey, peer_public_key: bytes, context: bytes,
+            salt: bytes = SHARE_BOX_SALT) -> bytes:
+    """HKDF-SHA256(X25519(private, peer public), salt, info = context), 32 bytes.
     Each kind of box has its own salt, so a box of one kind never opens as another."""
     secret = x25519_shared_secret(private_key, peer_public_key)
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=context).derive(secret)
-    return AESGCM(key)
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=context).derive(secret)
+
+
+def box_aead(private_key: x25519.X25519PrivateKey, peer_public_key: bytes, context: bytes,
+             salt: bytes = SHARE_BOX_SALT) -> AESGCM:
+    return AESGCM(box_key(private_key, peer_public_key, context, salt))
 
 
 def seal_shares(
