@@ -25,6 +25,17 @@ bootstrap() {
   fi
 }
 
+# The Node client's dependencies (clients/node), for its tests; reinstalled when its lockfile changes.
+node_deps() {
+  command -v npm >/dev/null 2>&1 || return 0
+  local stamp=clients/node/node_modules/.collabedit-installed want
+  want=$(sha256sum clients/node/package-lock.json | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    npm ci --prefix clients/node --ignore-scripts --no-audit --no-fund --silent
+    echo "$want" > "$stamp"
+  fi
+}
+
 cmd=${1:-}
 shift || true
 case "$cmd" in
@@ -34,6 +45,7 @@ case "$cmd" in
     ;;
   test)
     bootstrap
+    node_deps
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   *)

@@ -102,7 +102,7 @@ def fixed_point_vectors() -> dict:
         word = int(reference.fixed_point_encode(np.array([v]), scale_bits, bound)[0])
         cases.append({**_f64(v), "word": str(word)})
     refused = [v for v in (bound * unit * 1.000001, -bound * unit * 1.000001, float("nan"), float("inf"))]
-    total = sum(int(np.int64(np.uint64(int(c["word"])))) for c in cases[:4])
+    total = sum(int(np.int64(np.uint64(int(c["word"])))) for c in cases[8:10])  # 1e-3 - 123.456
     return {
         "rule": "word = round_half_even(v * 2^scale_bits) as two's-complement u64; refused if NaN, Inf or "
                 "|round(v * 2^scale_bits)| > bound; bound = floor((2^63 - 1) / n_parties); "
@@ -110,7 +110,8 @@ def fixed_point_vectors() -> dict:
         "scale_bits": scale_bits, "n_parties": n, "bound": str(bound), "cases": cases,
         "refused": [{"value_hex": struct.pack("<d", v).hex(), "why": "non-finite" if not np.isfinite(v)
                      else "above the bound"} for v in refused],
-        "decode_example": {"sum_of_first_four_words": str(total % 2**64), "decoded": 0.0},
+        "decode_example": {"words_summed": [cases[8]["word"], cases[9]["word"]], "sum": str(total % 2**64),
+                           "decoded": total / 2.0 ** scale_bits},
     }
 
 
@@ -154,7 +155,7 @@ def advertisement_vectors(folder: Path | None = None) -> dict:
 
     keys = _round_keys("a")
     with tempfile.TemporaryDirectory() as tmp:
-        pki = init_federation_pki(Path(tmp) / "pki", ["a"])
+        pki = init_federation_pki(Path(tmp) / "pki", ["a"], validity_days=36500)  # vectors outlive a year
         identity = load_identity(pki.certs["a"], pki.keys["a"], pki.ca_cert)
         advert = sign_advertisement(identity.private_key, identity.certificate_pem, FEDERATION, ROUND, "a", keys)
         ca_pem = Path(pki.ca_cert).read_text()
@@ -179,7 +180,8 @@ def shamir_vectors() -> dict:
     shares = split(secret, 3, 2, rng)
     return {
         "rule": "f(x) = secret + c1 x + ... over GF(2^521 - 1), share i = (i, f(i)), i = 1..n; share bytes = "
-                "x as u32 big-endian || y as 66 bytes big-endian; combine = Lagrange interpolation at 0",
+                "x as u32 big-endian || y as 66 bytes big-endian; combine = Lagrange interpolation at 0; "
+                "coefficients[0] is the secret as a big-endian integer",
         "prime": str(PRIME), "secret": _hex(secret), "n": 3, "t": 2,
         "coefficients": [str(int.from_bytes(secret, "big"))] + [str(c) for c in rng.drawn],
         "shares": [{"x": s.x, "y": str(s.y), "bytes": _hex(s.to_bytes())} for s in shares],
@@ -238,8 +240,9 @@ def masked_round_vectors() -> dict:
 
     from .encoding import Binding
     from .fixedpoint import RoundNumerics
+    from .keys import x25519_shared_secret
     from .masking import masked_upload, unmask_sum
-    from .seeds import mask_seed
+    from .seeds import mask_seed, pair_sign
 
     parties = ["a", "b", "c"]
     numerics = RoundNumerics(3, 40, safe_bound(3))
@@ -253,6 +256,9 @@ def masked_round_vectors() -> dict:
         described.append({
             "party": p, "mask_private_key": _hex(_derived(f"{p}/mask-key")), "mask_public_key": _hex(keys[p].mask_public_key),
             "self_secret": _hex(keys[p].self_secret), "self_seed": _hex(mask_seed(keys[p].self_secret, binding, None)),
+            "pairwise": [{"peer": q, "sign": pair_sign(p, q), "seed": _hex(mask_seed(
+                x25519_shared_secret(keys[p].mask_private_key, keys[q].mask_public_key), binding, (p, q)))}
+                for q in parties if q != p],
             "values": [_f64(v) for v in values[p].ravel()],
             "upload": [str(int(w)) for w in uploads[p].ravel()]})
     total = uploads["a"].copy()
