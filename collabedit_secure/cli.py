@@ -173,10 +173,27 @@ def _world_build(args: argparse.Namespace) -> None:
           f"{bundle.config.train_dtype} matmuls, {k['n_params'] / 1e6:.1f}M parameters")
 
 
+def device_name(value: str) -> str:
+    """argparse type: a device this machine has (devices.py), refused before anything loads."""
+    from .devices import DeviceError, resolve_device
+
+    try:
+        return resolve_device(value)
+    except DeviceError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    from .devices import CHOICES_HELP
+
+    parser.add_argument("--device", type=device_name, default="cpu", help=f"where the model runs: {CHOICES_HELP}")
+
+
 def _stats(args: argparse.Namespace) -> None:
     from .pipeline import compute_stats
 
-    for path in compute_stats(args.model, args.layers, args.corpus, Path(args.out), args.samples, args.hparams):
+    for path in compute_stats(args.model, args.layers, args.corpus, Path(args.out), args.samples, args.hparams,
+                              device=args.device):
         print(f"wrote {path}")
 
 
@@ -184,7 +201,7 @@ def _edit(args: argparse.Namespace) -> None:
     from .pipeline import run_edit
 
     out = run_edit(args.model, Path(args.requests), args.schedule, Path(args.out), args.hparams, args.stats,
-                   args.corpus)
+                   args.corpus, device=args.device)
     print(f"edited model written to {out}")
 
 
@@ -210,6 +227,7 @@ def _simulate(args: argparse.Namespace) -> None:
         fluency_max_len=args.fluency_tokens,
         float64_weights=args.float64_weights,
         consistency=args.consistency,
+        device=args.device,
     )
     run_simulation(config, json_out=Path(args.json) if args.json else None)
 
@@ -221,7 +239,8 @@ def _eval(args: argparse.Namespace) -> None:
                               consistency=args.consistency, model=args.model)
     round_prompts = Path(args.round_prompts) if args.round_prompts else None
     summary = run_eval(args.model, Path(args.dataset), Path(args.json), fluency=not args.no_fluency,
-                       round_prompts=round_prompts, max_out_len=args.fluency_tokens, consistency=args.consistency)
+                       round_prompts=round_prompts, max_out_len=args.fluency_tokens, consistency=args.consistency,
+                       device=args.device)
     print(json.dumps(json_safe(summary), indent=2, allow_nan=False))  # NaN (e.g. a std of nothing) prints as null
 
 
@@ -289,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: chosen from the model family)")
     stats.add_argument("--out", required=True, type=output_dir,
                        help="directory for the npz files (MEMIT layout; made if missing, files there are kept)")
+    add_device_argument(stats)
     stats.set_defaults(handler=_stats)
 
     edit = commands.add_parser("edit", help="MEMIT edit of a model with a request file")
@@ -303,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_c0_arguments(edit)
     edit.add_argument("--out", required=True, type=new_dir,
                       help="new or empty output directory (HF model + delta + edit_meta.json)")
+    add_device_argument(edit)
     edit.set_defaults(handler=_edit)
 
     sim = commands.add_parser("simulate", help="in-process collaborative editing experiment")
@@ -339,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="hold the model in float64 between rounds, so each round builds on the earlier "
                           "updates unrounded (evaluation runs in float64 too, slower)")
     sim.add_argument("--json", type=output_file, help="write the results JSON here")
+    add_device_argument(sim)
     sim.set_defaults(handler=_simulate)
 
     ev = commands.add_parser("eval", help="evaluate a model on a CounterFact, zsRE or conflict file")
@@ -357,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "against a directory with MEMIT's attribute_snippets.json, idf.npy and tfidf_vocab.json, "
                          "or 'world', the embedded world's facts")
     ev.add_argument("--json", required=True, type=output_file, help="write the per-case report here")
+    add_device_argument(ev)
     ev.set_defaults(handler=_eval)
 
     bench = commands.add_parser("bench", help="benchmarks")

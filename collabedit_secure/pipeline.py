@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from .devices import compute_device, resolve_device
 from .editing.adapters import ModelAdapter
 from .editing.covariance import (
     SecondMoment, check_stats_identity, corpus_sample, export_memit_stats, import_memit_stats, layer_stats,
@@ -41,12 +42,14 @@ class LoadedModel:
 
 
 def load_model(spec: str, device: str = "cpu") -> LoadedModel:
-    """`default` (the embedded world model), a local HF directory, or a hub name already on disk."""
+    """`default` (the embedded world model), a local HF directory, or a hub name already on disk,
+    on `device` (devices.py: cpu, cuda, cuda:N, auto), which is checked before anything loads."""
+    device = resolve_device(device)
     if spec == DEFAULT_MODEL:
         from .world import load_default
 
         bundle = load_default(progress=True)
-        model, tok = bundle.load_model(device=device)
+        model, tok = bundle.load_model(device=str(compute_device(device)))
         return LoadedModel(model, tok, f"default ({bundle.model_dir})", bundle.corpus_texts, bundle.records,
                            embedded=True, shipped_stats=bundle.root / "c0")
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -62,8 +65,9 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
     try:
         tok = AutoTokenizer.from_pretrained(spec, local_files_only=not local_only or None)
         stored = config.dtype
+        placement = {"device_map": "auto"} if device == "auto" else {}
         model = AutoModelForCausalLM.from_pretrained(spec, local_files_only=not local_only or None,
-                                                     dtype=torch.float32)
+                                                     dtype=torch.float32, **placement)
     except OSError as err:
         raise FileNotFoundError(
             f"cannot load model {spec!r}: not a local HF directory, and not in the local hub cache "
@@ -76,7 +80,8 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
     tok.padding_side = "right"
     stored = stored if isinstance(stored, torch.dtype) and stored.is_floating_point else torch.float32
     name = str(Path(spec).resolve()) if local_only else spec  # results name the model wherever they are read
-    return LoadedModel(model.to(device).eval(), tok, name, stored_dtype=stored, tok_as_stored=as_stored)
+    model = model if device == "auto" else model.to(device)  # a device map has placed every layer already
+    return LoadedModel(model.eval(), tok, name, stored_dtype=stored, tok_as_stored=as_stored)
 
 
 def check_model_path(spec: str) -> None:
@@ -186,7 +191,8 @@ def covariances(loaded: LoadedModel, hparams: MemitHparams, corpus: str = "world
                                progress=progress, shipped_dir=loaded.shipped_stats)
             where = corpus if corpus == "world" else str(Path(corpus).resolve())
             sources[name] = f"computed: {where} corpus, {stat.count} tokens"
-        c0[name] = stat.moment()
+        # On the edited layer's device, where its keys are: the solve then never crosses the host.
+        c0[name] = stat.moment().to(adapter.rewrite_module(loaded.model, layer).weight.device)
     return c0, sources
 
 
@@ -208,17 +214,18 @@ def stats_file(directory: Path, module_name: str, hparams: MemitHparams) -> Path
 
 
 def compute_stats(model: str, layers: list[int], corpus: str, out: Path, n_samples: int | None,
-                  hparams_path: str | Path | None = None) -> list[Path]:
+                  hparams_path: str | Path | None = None, device: str = "cpu") -> list[Path]:
     """`collabedit stats`: compute C0 for the given layers and export MEMIT-layout npz files.
 
     Files already in `out` are never replaced, and `out` is made only when the first file is ready.
     """
+    device = resolve_device(device)
     repeated = sorted({layer for layer in layers if layers.count(layer) > 1})
     if repeated:
         raise ValueError(f"--layers lists {repeated} more than once")
     check_model_path(model)
     check_c0_source(model, corpus, None, stats_option=False)
-    loaded = load_model(model)
+    loaded = load_model(model, device)
     if hparams_path is None and shipped_hparams(loaded) is None:
         # Statistics read only the mom2_* settings and the module names: the family's and MEMIT's defaults.
         hparams = MemitHparams(layers=[0], v_loss_layer=0)
@@ -296,14 +303,15 @@ def read_requests(path: Path, loaded: LoadedModel) -> list:
 
 
 def run_edit(model: str, requests_path: Path, schedule: str, out: Path, hparams_path: str | None,
-             stats_dir: str | None, corpus: str = "world") -> Path:
+             stats_dir: str | None, corpus: str = "world", device: str = "cpu") -> Path:
     """`collabedit edit`: global MEMIT, written as an HF model dir plus the delta and edit_meta.json."""
+    device = resolve_device(device)
     from .editing.memit import edit
 
     check_model_path(model)
     check_c0_source(model, corpus, stats_dir)
     check_requests(requests_path)
-    loaded = load_model(model)
+    loaded = load_model(model, device)
     hparams = default_hparams(loaded, hparams_path, schedule)
     requests = read_requests(requests_path, loaded)
     c0, sources = covariances(loaded, hparams, corpus=corpus, stats_dir=stats_dir)
@@ -352,7 +360,7 @@ def edit_summary(model: str) -> dict | None:
 
 
 def run_eval(model: str, dataset: Path, json_out: Path, fluency: bool = True, round_prompts: Path | None = None,
-             seed: int = 0, max_out_len: int = 100, consistency: str | None = None) -> dict:
+             seed: int = 0, max_out_len: int = 100, consistency: str | None = None, device: str = "cpu") -> dict:
     """`collabedit eval`: metrics of a model on a CounterFact/zsRE/conflict file.
 
     `round_prompts` (conflict files only): the relation probes of spec 2.9. `consistency` ('world' or a
@@ -363,13 +371,14 @@ def run_eval(model: str, dataset: Path, json_out: Path, fluency: bool = True, ro
     from .eval.datasets import check_dataset, load_dataset, prefixed_errors
     from .eval.report import evaluate_dataset, write_report
 
+    device = resolve_device(device)
     kind = check_dataset(dataset, fluency=fluency, round_prompts=round_prompts, consistency=consistency is not None)
     if consistency is not None and (kind != "counterfact" or not fluency):
         raise ValueError("consistency scores the fluency generations of a CounterFact dataset: "
                          + (f"{dataset} is {kind}" if kind != "counterfact" else "drop --no-fluency"))
     reference = consistency_reference(consistency) if consistency is not None else None
     edit = edit_summary(model)
-    loaded = load_model(model)
+    loaded = load_model(model, device)
     kind, records = load_dataset(dataset, loaded.tok, round_prompts)
     fluency = fluency and kind == "counterfact"  # only CounterFact has generation prompts
     per_case, summary = prefixed_errors(dataset, lambda: evaluate_dataset(

@@ -56,6 +56,7 @@ class SimulationConfig:
     methods: list[str] = field(default_factory=lambda: ["collabedit", "global", "ta", "sa", "ties"])
     dataset: Path | None = None
     model: str = "default"
+    device: str = "cpu"
     hparams: Path | None = None
     corpus: str = "world"  # C0's corpus: the embedded world's, or a text file for other models
     stats: Path | None = None  # or MEMIT-layout npz files, instead of computing C0
@@ -146,7 +147,7 @@ class Experiment:
 
     def __init__(self, config: SimulationConfig):
         self.config = config
-        self.loaded = load_model(config.model)
+        self.loaded = load_model(config.model, config.device)
         self.model, self.tok = self.loaded.model, self.loaded.tok
         self.hparams = default_hparams(self.loaded, config.hparams, config.schedule)
         self.c0, self.c0_sources = covariances(self.loaded, self.hparams, corpus=config.corpus, stats_dir=config.stats)

@@ -18,6 +18,7 @@ from collabedit_secure.editing.hparams import HparamsError, MemitHparams
 from collabedit_secure.protocol import fingerprints
 from collabedit_secure.protocol.encoding import check_party_id
 from collabedit_secure.protocol.fixedpoint import DEFAULT_SCALE_BITS, MAX_SCALE_BITS
+from collabedit_secure.devices import DeviceError, resolve_device
 from collabedit_secure.protocol.he import HeError, HeParameters
 from collabedit_secure.configfile import ConfigError, read_config_file  # noqa: F401 (re-export)
 
@@ -29,7 +30,7 @@ EMBEDDED_ROOT = Path(__file__).resolve().parents[1] / "world" / "reference"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _KNOWN = {"federation_id", "listen", "port_file", "state_dir", "roster", "threshold", "min_parties",
           "schedule", "privacy", "hparams", "c0", "layer_shapes", "model", "model_fingerprint",
-          "deadlines", "chunk_bytes", "scale_bits", "he", "tls"}
+          "deadlines", "chunk_bytes", "scale_bits", "he", "tls", "device"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class CoordinatorConfig:
     scale_bits: int = DEFAULT_SCALE_BITS
     tls: TLSPaths | None = None
     he: HeParameters | None = None  # privacy "he" only
+    device: str = "cpu"  # where C0, C_acc and the solve live (devices.py)
 
     def public_parameters(self) -> dict:
         """What a round's parameters are made of (besides its roster): a restart compares these."""
@@ -195,6 +197,12 @@ def load_config(path: str | Path) -> CoordinatorConfig:
     chunk_bytes = integer("chunk_bytes", data.get("chunk_bytes", DEFAULT_CHUNK_BYTES), 1, MAX_CHUNK_BYTES)
     scale_bits = integer("scale_bits", data.get("scale_bits", DEFAULT_SCALE_BITS), 0, MAX_SCALE_BITS)
     he = _he_parameters(data.get("he"), scale_bits, fail) if privacy == "he" else None
+    try:
+        device = resolve_device(data.get("device", "cpu"))
+    except DeviceError as error:
+        fail("device", str(error))
+    if device == "auto":
+        fail("device", "the coordinator holds no model: give cpu, cuda or cuda:N for its solve")
     if privacy != "he" and data.get("he") is not None:
         fail("he", f"CKKS parameters apply to privacy: he only (this federation is {privacy!r})")
 
@@ -211,7 +219,7 @@ def load_config(path: str | Path) -> CoordinatorConfig:
         privacy=privacy, hparams=hparams, layers=tuple(layers), lambdas=lambdas, c0=c0,
         model_fingerprint=model_fp, hparams_fingerprint=fingerprints.hparams_fingerprint(hparams),
         c0_fingerprint=fingerprints.c0_fingerprint(c0), deadlines=deadlines, chunk_bytes=chunk_bytes,
-        scale_bits=scale_bits, tls=tls, he=he,
+        scale_bits=scale_bits, tls=tls, he=he, device=device,
     )
 
 

@@ -823,9 +823,11 @@ class Rounds:
         acc = self.store.query("SELECT path FROM c_acc WHERE module = ?", spec.module_name)
         c_acc = (torch.from_numpy(read_array(self.store.path(acc[0]["path"]), "<f8").reshape(spec.d_in, spec.d_in))
                  if acc else None)
-        delta = collabedit_merge(self.config.c0[spec.module_name], self.lam[layer],
-                                 torch.from_numpy(unpack_upper(np.ascontiguousarray(s_kk), spec.d_in)),
-                                 torch.from_numpy(np.ascontiguousarray(s_rk)), c_acc, layer=spec.module_name)
+        device = torch.device(self.config.device)  # cuda: the compiled CUDA solve, operands moved once
+        delta = collabedit_merge(self.config.c0[spec.module_name].to(device), self.lam[layer],
+                                 torch.from_numpy(unpack_upper(np.ascontiguousarray(s_kk), spec.d_in)).to(device),
+                                 torch.from_numpy(np.ascontiguousarray(s_rk)).to(device),
+                                 None if c_acc is None else c_acc.to(device), layer=spec.module_name)
         payload = np.ascontiguousarray(delta.to(torch.float64).cpu().numpy(), dtype="<f8").tobytes()
         stem = f"r{record['id']}-l{layer}"
         dw_path = self.store.new_generation_file("results", stem + "-delta_w", 0, [payload])

@@ -9,12 +9,13 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from collabedit_secure.devices import DeviceError, resolve_device
 from collabedit_secure.protocol.encoding import check_party_id
 from collabedit_secure.configfile import ConfigError, read_config_file  # noqa: F401 (re-export)
 
 _KNOWN = {"party_id", "federation_id", "coordinator", "listen", "port_file", "model", "hparams", "c0", "state_dir",
           "tls", "auto_start", "min_batch", "max_batch", "statistics", "evaluate", "timeouts",
-          "he_workers"}
+          "he_workers", "device"}
 _TIMEOUTS = {"join": 120.0, "phase": 900.0, "rpc": 30.0}
 SYNTHETIC_PREFIX = "synthetic:"
 
@@ -47,6 +48,7 @@ class PartyConfig:
     evaluate: bool = True
     timeouts: dict | None = None
     he_workers: int = 1  # processes that encrypt in HE rounds (TenSEAL holds the GIL: threads would not help)
+    device: str = "cpu"  # where the model, its statistics and (HE) the solve live: devices.py
 
     @property
     def listen(self) -> str:
@@ -183,10 +185,15 @@ def load_config(path: str | Path, insecure: bool = False, check_identity: bool =
             fail(f"timeouts.{name}", f"must be a positive number of seconds, got {seconds!r}")
         timeouts[name] = float(seconds)
 
+    try:
+        device = resolve_device(data.get("device", "cpu"))
+    except DeviceError as error:
+        fail("device", str(error))
+
     return PartyConfig(
         source=path, party_id=party_id, federation_id=text("federation_id"), coordinator=coordinator,
         listen_host=host, listen_port=int(port), port_file=a_path("port_file", data["port_file"])
         if data.get("port_file") else None, model=model, hparams=hparams, c0=c0,
         state_dir=a_path("state_dir", need("state_dir")), tls=tls, auto_start=flags["auto_start"],
         min_batch=counts["min_batch"], max_batch=counts["max_batch"], synthetic=synthetic,
-        evaluate=flags["evaluate"], timeouts=timeouts, he_workers=counts["he_workers"])
+        evaluate=flags["evaluate"], timeouts=timeouts, he_workers=counts["he_workers"], device=device)

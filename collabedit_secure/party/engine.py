@@ -34,10 +34,11 @@ def module_name(hparams: MemitHparams, layer: int) -> str:
     return (hparams.rewrite_module_tmp or "transformer.h.{}.mlp.c_proj").format(layer)
 
 
-def local_solver(hparams: MemitHparams, c0: dict[str, torch.Tensor], state_dir: Path) -> LocalSolver:
+def local_solver(hparams: MemitHparams, c0: dict[str, torch.Tensor], state_dir: Path,
+                 device: str = "cpu") -> LocalSolver:
     """The HE-mode solver, with λ per edited module as the coordinator takes it from the same hparams."""
     lambdas = {module_name(hparams, layer): lam for layer, lam in zip(hparams.layers, hparams.layer_lambdas())}
-    return LocalSolver(c0, lambdas, state_dir)
+    return LocalSolver(c0, lambdas, state_dir, "cuda:0" if device == "auto" else device)
 
 
 def load_c0_dir(directory: str, hparams: MemitHparams) -> dict[str, torch.Tensor]:
@@ -74,7 +75,7 @@ class ModelEngine:
         from collabedit_secure.pipeline import covariances, load_model
 
         self.log = log_
-        self.loaded = load_model(config.model)
+        self.loaded = load_model(config.model, config.device)
         self.model, self.tok = self.loaded.model, self.loaded.tok
         self.hparams = load_hparams(config.hparams)
         if config.c0 == "embedded":
@@ -88,7 +89,7 @@ class ModelEngine:
         self.templates = generate_context_templates(self.model, self.tok, self.hparams.context_template_seed,
                                                     self.hparams.context_template_length_params)
         self.evaluate = config.evaluate
-        self.solver = local_solver(self.hparams, self.c0, config.state_dir)
+        self.solver = local_solver(self.hparams, self.c0, config.state_dir, config.device)
 
     def restore(self, results: list[dict]) -> str:
         """Re-apply the deltas of earlier completed rounds (a restarted daemon); last checkpoint path."""
@@ -206,7 +207,7 @@ class SyntheticEngine:
                              "c0": fingerprints.c0_fingerprint(self.c0)}
         self.state_file = config.state_dir / "synthetic_model.npz"
         self.weights = self._load_weights()
-        self.solver = local_solver(self.hparams, self.c0, config.state_dir)
+        self.solver = local_solver(self.hparams, self.c0, config.state_dir, config.device)
 
     def _load_weights(self) -> dict[int, np.ndarray]:
         if self.state_file.is_file():

@@ -21,8 +21,9 @@ from collabedit_secure.merging.collabedit import collabedit_merge
 
 
 class LocalSolver:
-    def __init__(self, c0: dict[str, torch.Tensor], lambdas: dict[str, float], state_dir: Path):
-        self.c0, self.lambdas = c0, lambdas
+    def __init__(self, c0: dict[str, torch.Tensor], lambdas: dict[str, float], state_dir: Path,
+                 device: str = "cpu"):
+        self.c0, self.lambdas, self.device = c0, lambdas, torch.device(device)
         self.path = Path(state_dir) / "c_acc.npz"
         self.pending: dict[str, np.ndarray] = {}
 
@@ -39,9 +40,9 @@ class LocalSolver:
         d_in = self.c0[module].shape[0]
         s_kk = unpack_upper(np.ascontiguousarray(s_kk_upper, dtype=np.float64), d_in)
         c_acc = self.c_acc().get(module)
-        delta = collabedit_merge(self.c0[module], self.lambdas[module], torch.from_numpy(s_kk),
-                                 torch.from_numpy(np.ascontiguousarray(s_rk, dtype=np.float64)),
-                                 None if c_acc is None else torch.from_numpy(c_acc), layer=module)
+        on = lambda array: torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64)).to(self.device)  # noqa: E731
+        delta = collabedit_merge(self.c0[module].to(self.device), self.lambdas[module], on(s_kk), on(s_rk),
+                                 None if c_acc is None else on(c_acc), layer=module)
         self.pending[module] = self.lambdas[module] * s_kk
         return delta.to(torch.float64).cpu().numpy()
 

@@ -46,6 +46,8 @@ def test_toml_config(tmp_path, pki, stats):
     ({"min_parties": 1}, "min_parties"),
     ({"schedule": "random"}, "schedule"),
     ({"privacy": "secret"}, "privacy"),
+    ({"device": "cuda:99"}, "device"),
+    ({"device": "auto"}, "device"),
     ({"privacy": "he", "scale_bits": 57}, "scale_bits"),
     ({"privacy": "he", "he": {"poly_modulus_degree": 4096, "coeff_mod_bit_sizes": [60, 60]}}, "he"),
     ({"privacy": "he", "he": {"ring": 8192}}, "he"),
