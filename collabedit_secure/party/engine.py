@@ -80,8 +80,11 @@ class ModelEngine:
         self.hparams = load_hparams(config.hparams)
         if config.c0 == "embedded":
             self.c0, _ = covariances(self.loaded, self.hparams, progress=False)
-        else:
-            self.c0 = load_c0_dir(config.c0, self.hparams)
+        else:  # on the device the keys are computed on (the first GPU under a device map)
+            from collabedit_secure.devices import compute_device
+
+            self.c0 = {name: c0.to(compute_device(config.device))
+                       for name, c0 in load_c0_dir(config.c0, self.hparams).items()}
         self.fingerprints = {"model": fingerprints.model_fingerprint(self.model),  # the base, before any round
                              "hparams": fingerprints.hparams_fingerprint(self.hparams),
                              "c0": fingerprints.c0_fingerprint(self.c0)}
