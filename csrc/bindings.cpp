@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include <string>
+#include <vector>
 
 #include "blas.h"
 #include "kernels.h"
@@ -40,7 +41,7 @@ const T* contiguous_data(const py::array& a, const char* name) {
   return static_cast<const T*>(a.data());
 }
 
-void covariance(py::array acc, py::array keys, bool bfloat16, py::object mask, bool mixed) {
+void covariance(py::array acc, py::array keys, bool bfloat16, py::object mask, bool mixed, int threads) {
   require(keys.ndim() == 2, "keys must be 2-D (n, d)");
   const int64_t n = keys.shape(0), d = keys.shape(1);
   double* acc_data = writable_data<double>(acc, "acc");
@@ -72,14 +73,19 @@ void covariance(py::array acc, py::array keys, bool bfloat16, py::object mask, b
     mask_stride = mask_array.strides(0);
   }
   py::gil_scoped_release release;
+  ce::ScopedThreads budget(threads);
   ce::covariance_accumulate(acc_data, packed, view, mask_data, mask_stride,
                             mixed ? ce::Precision::Mixed : ce::Precision::Float64);
 }
 
-ce::SymOperand sym_operand(const py::object& obj, int64_t d, const char* name) {
+// `keep` holds the array the operand points into until the call returns: ensure() may convert
+// (copy) its input, and that copy must outlive the released-GIL computation that reads it.
+ce::SymOperand sym_operand(const py::object& obj, int64_t d, const char* name, std::vector<py::array>& keep) {
   ce::SymOperand op;
   if (obj.is_none()) return op;
   py::array a = py::array::ensure(obj);
+  require(a.ptr() != nullptr, std::string(name) + " is not an array");
+  keep.push_back(a);
   require_dtype(has_dtype<double>(a) || has_dtype<float>(a), std::string(name) + " must be float32 or float64");
   require(c_contiguous(a), std::string(name) + " must be C-contiguous");
   op.packed = a.ndim() == 1;
@@ -90,16 +96,18 @@ ce::SymOperand sym_operand(const py::object& obj, int64_t d, const char* name) {
   return op;
 }
 
-int64_t solve(py::object c0, double lam, py::object c_acc, py::object s_kk, py::array x) {
+int64_t solve(py::object c0, double lam, py::object c_acc, py::object s_kk, py::array x, int threads) {
   require(x.ndim() == 2, "s_rk must be 2-D (d_out, d)");
   double* x_data = writable_data<double>(x, "s_rk");
   const int64_t d_out = x.shape(0), d = x.shape(1);
-  ce::SymOperand c0_op = sym_operand(c0, d, "c0"), acc_op = sym_operand(c_acc, d, "c_acc"),
-                 skk_op = sym_operand(s_kk, d, "s_kk");
+  std::vector<py::array> keep;
+  ce::SymOperand c0_op = sym_operand(c0, d, "c0", keep), acc_op = sym_operand(c_acc, d, "c_acc", keep),
+                 skk_op = sym_operand(s_kk, d, "s_kk", keep);
   require(c0_op.data && !c0_op.packed, "c0 must be a full d x d matrix");
   py::array_t<double> system({d, d});
   double* system_data = system.mutable_data();
   py::gil_scoped_release release;
+  ce::ScopedThreads budget(threads);
   return ce::regularized_solve(c0_op, lam, acc_op, skk_op, d, system_data, x_data, d_out);
 }
 
@@ -119,7 +127,8 @@ void bound(py::bytes seeds, int64_t n) {
   ce::keystream_bound(reinterpret_cast<const uint8_t*>(sd.data()), static_cast<int>(sd.size() / 32), n);
 }
 
-int64_t encode(py::array values, int scale_bits, int64_t bound, py::bytes seeds, py::array signs, py::array out) {
+int64_t encode(py::array values, int scale_bits, int64_t bound, py::bytes seeds, py::array signs, py::array out,
+               int threads) {
   const double* v = contiguous_data<double>(values, "values");
   uint64_t* o = writable_data<uint64_t>(out, "out");
   const int8_t* sg = contiguous_data<int8_t>(signs, "signs");
@@ -130,6 +139,7 @@ int64_t encode(py::array values, int scale_bits, int64_t bound, py::bytes seeds,
   const int64_t n = values.size();
   const int n_seeds = static_cast<int>(signs.size());
   py::gil_scoped_release release;
+  ce::ScopedThreads budget(threads);
   return ce::mask_encode(v, n, scale_bits, bound, reinterpret_cast<const uint8_t*>(sd.data()), sg, n_seeds, o);
 }
 
@@ -169,13 +179,15 @@ PYBIND11_MODULE(_kernels, m) {
   // The kernels parallelise coarsely themselves; OpenBLAS's own threads would oversubscribe.
   scipy_openblas_set_num_threads64_(1);
   m.doc() = "CPU kernels of collabedit_secure (see collabedit_secure.kernels for the public API)";
+  // threads: this call's budget (0 = the process default); see parallel.h.
   m.def("covariance_accumulate", &covariance, py::arg("acc"), py::arg("keys"), py::arg("bfloat16"), py::arg("mask"),
-        py::arg("mixed") = false);
-  m.def("regularized_solve", &solve, py::arg("c0"), py::arg("lam"), py::arg("c_acc"), py::arg("s_kk"), py::arg("x"));
+        py::arg("mixed") = false, py::arg("threads") = 0);
+  m.def("regularized_solve", &solve, py::arg("c0"), py::arg("lam"), py::arg("c_acc"), py::arg("s_kk"), py::arg("x"),
+        py::arg("threads") = 0);
   m.def("prg_mask", &prg, py::arg("seed"), py::arg("out"));
   m.def("keystream_bound", &bound, py::arg("seeds"), py::arg("n"));
   m.def("mask_encode", &encode, py::arg("values"), py::arg("scale_bits"), py::arg("bound"), py::arg("seeds"),
-        py::arg("signs"), py::arg("out"));
+        py::arg("signs"), py::arg("out"), py::arg("threads") = 0);
   m.def("first_unencodable", &unencodable, py::arg("values"), py::arg("scale_bits"), py::arg("bound"));
   m.def("ring_add", &ring_op<ce::ring_add>, py::arg("a"), py::arg("b"), py::arg("out"));
   m.def("ring_sub", &ring_op<ce::ring_sub>, py::arg("a"), py::arg("b"), py::arg("out"));

@@ -10,19 +10,28 @@
 
 namespace ce {
 
-static int g_threads = 0;
+static std::atomic<int> g_threads{0};
+static thread_local int t_budget = 0;  // this thread's per-call budget (ScopedThreads), 0 = none
 
 int num_threads() {
-  if (g_threads <= 0) {
-    const char* env = std::getenv("COLLABEDIT_NUM_THREADS");
-    int n = env ? std::atoi(env) : 0;
-    if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
-    g_threads = std::max(1, n);
-  }
-  return g_threads;
+  if (t_budget > 0) return t_budget;
+  int n = g_threads.load(std::memory_order_relaxed);
+  if (n > 0) return n;
+  const char* env = std::getenv("COLLABEDIT_NUM_THREADS");
+  n = env ? std::atoi(env) : 0;
+  if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
+  int unset = 0;  // the first caller fixes the default; a racing one reads what it fixed
+  g_threads.compare_exchange_strong(unset, std::max(1, n));
+  return g_threads.load(std::memory_order_relaxed);
 }
 
-void set_num_threads(int n) { g_threads = std::max(1, n); }
+void set_num_threads(int n) { g_threads.store(std::max(1, n), std::memory_order_relaxed); }
+
+ScopedThreads::ScopedThreads(int n) : previous_(t_budget) {
+  if (n > 0) t_budget = n;
+}
+
+ScopedThreads::~ScopedThreads() { t_budget = previous_; }
 
 void parallel_ranges(int64_t n, int64_t align, int64_t min_per_thread,
                      const std::function<void(int64_t, int64_t)>& body) {

@@ -6,9 +6,24 @@
 
 namespace ce {
 
-// Threads the kernels use (default: hardware concurrency; COLLABEDIT_NUM_THREADS overrides).
+// Threads the kernels use: the calling thread's budget if a ScopedThreads set one, else the
+// process default (hardware concurrency; COLLABEDIT_NUM_THREADS or set_num_threads override it).
+// The default is atomic and a budget is thread-local, so calls from several server threads at
+// once never change each other's threading.
 int num_threads();
 void set_num_threads(int n);
+
+// A per-call thread budget for the calling thread (n <= 0: keep the process default).
+class ScopedThreads {
+ public:
+  explicit ScopedThreads(int n);
+  ~ScopedThreads();
+  ScopedThreads(const ScopedThreads&) = delete;
+  ScopedThreads& operator=(const ScopedThreads&) = delete;
+
+ private:
+  int previous_;
+};
 
 // Calls body(begin, end) on `parts` disjoint ranges covering [0, n); range starts are multiples
 // of `align`. Runs inline when n is small or only one thread is allowed.

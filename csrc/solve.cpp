@@ -3,13 +3,10 @@
 // factored by Cholesky and solved for all d_out right-hand sides with two TRSMs, threaded either
 // inside OpenBLAS or by the kernel itself (see use_blas_threading).
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdlib>
-#include <fstream>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "blas.h"
@@ -84,8 +81,12 @@ bool all_finite(const double* x, int64_t n) {
 }
 
 // Blocked right-looking Cholesky (column-major lower, leading dimension d). Each step factors
-// one diagonal block, then threads split the panel TRSM by rows and the trailing SYRK/GEMM by
-// equal-area column ranges, each with one-thread BLAS: few, coarse synchronisation points.
+// one diagonal block, then threads take fixed-size tiles of the panel TRSM (rows) and of the
+// trailing SYRK/GEMM (columns) in turn, each with one-thread BLAS. The tiles do not depend on the
+// thread count, so every entry is computed by the same BLAS calls whatever the budget or the
+// machine's load: results are bit-identical across both.
+constexpr int64_t kTile = 256;
+
 int64_t cholesky_lower(double* a, int64_t d) {
   const int64_t nb = 192;
   for (int64_t k = 0; k < d; k += nb) {
@@ -95,22 +96,20 @@ int64_t cholesky_lower(double* a, int64_t d) {
     if (info != 0) return info > 0 ? k + info : info;
     if (below == 0) break;
     double* panel = diag + kb;  // rows k+kb.., columns k..k+kb
-    parallel_ranges(below, 8, 64, [&](int64_t b, int64_t e) {
-      scipy_cblas_dtrsm64_(blas::ColMajor, blas::Right, blas::Lower, blas::Transposed, blas::NonUnit, e - b, kb,
+    parallel_tasks((below + kTile - 1) / kTile, [&](int64_t t, int) {
+      const int64_t b = t * kTile, rows = std::min(kTile, below - b);
+      scipy_cblas_dtrsm64_(blas::ColMajor, blas::Right, blas::Lower, blas::Transposed, blas::NonUnit, rows, kb,
                            1.0, diag, d, panel + b, d);
     });
     double* trailing = a + (k + kb) + (k + kb) * d;
-    const std::vector<int64_t> cols = equal_area_split(below, below >= 256 ? num_threads() : 1);
-    parallel_ranges(int64_t(cols.size()) - 1, 1, 1, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t) {
-        const int64_t c0 = cols[t], c1 = cols[t + 1];
-        if (c0 == c1) continue;
-        scipy_cblas_dsyrk64_(blas::ColMajor, blas::Lower, blas::NoTrans, c1 - c0, kb, -1.0, panel + c0, d, 1.0,
-                             trailing + c0 + c0 * d, d);
-        if (c1 < below)
-          scipy_cblas_dgemm64_(blas::ColMajor, blas::NoTrans, blas::Transposed, below - c1, c1 - c0, kb, -1.0,
-                               panel + c1, d, panel + c0, d, 1.0, trailing + c1 + c0 * d, d);
-      }
+    // Tiles of the lower trailing triangle, widest (leftmost, most work) first for balance.
+    parallel_tasks((below + kTile - 1) / kTile, [&](int64_t t, int) {
+      const int64_t c0 = t * kTile, c1 = std::min(below, c0 + kTile);
+      scipy_cblas_dsyrk64_(blas::ColMajor, blas::Lower, blas::NoTrans, c1 - c0, kb, -1.0, panel + c0, d, 1.0,
+                           trailing + c0 + c0 * d, d);
+      if (c1 < below)
+        scipy_cblas_dgemm64_(blas::ColMajor, blas::NoTrans, blas::Transposed, below - c1, c1 - c0, kb, -1.0,
+                             panel + c1, d, panel + c0, d, 1.0, trailing + c1 + c0 * d, d);
     });
   }
   return 0;
@@ -126,46 +125,20 @@ class BlasThreads {
   BlasThreads& operator=(const BlasThreads&) = delete;
 };
 
-// Idle cores over a short window, from /proc/stat (-1 when it cannot be read).
-double idle_cores(int window_ms) {
-  auto sample = [](double& idle, double& total) {
-    std::ifstream stat("/proc/stat");
-    std::string cpu;
-    if (!(stat >> cpu) || cpu != "cpu") return false;
-    double field, sum = 0, idle_sum = 0;
-    for (int i = 0; i < 8 && (stat >> field); ++i) {
-      sum += field;
-      if (i == 3 || i == 4) idle_sum += field;  // idle, iowait
-    }
-    idle = idle_sum;
-    total = sum;
-    return sum > 0;
-  };
-  double idle0, total0, idle1, total1;
-  if (!sample(idle0, total0)) return -1.0;
-  std::this_thread::sleep_for(std::chrono::milliseconds(window_ms));
-  if (!sample(idle1, total1) || total1 <= total0) return -1.0;
-  return (idle1 - idle0) / (total1 - total0) * double(std::thread::hardware_concurrency());
-}
-
 // Which threading the factorisation and triangular solves use (COLLABEDIT_SOLVE_THREADING):
-// - "blas": OpenBLAS's own threads inside LAPACK dpotrf and the TRSMs: fastest on free cores, but
-//   its fine-grained barriers spin and stall for whole time slices when other processes hold
-//   the cores (measured 1.5-4x slower than "split" on a loaded 2-core machine);
-// - "split": one-thread BLAS calls on work split across the kernel's threads (blocked Cholesky,
-//   right-hand sides handed out in slabs): coarse synchronisation, robust under load;
-// - "auto" (default): "blas" when the cores the kernel would use are idle right now (a 20 ms
-//   look at /proc/stat), "split" otherwise and for small systems, which "split" handles well.
-bool use_blas_threading(int64_t d) {
+// - "split" (default): one-thread BLAS calls on fixed tiles handed out to the kernel's threads
+//   (blocked Cholesky, right-hand sides in fixed slabs): coarse synchronisation, robust under
+//   load, safe in a multithreaded server, and bit-identical whatever the thread budget;
+// - "blas": OpenBLAS's own threads inside LAPACK dpotrf and the TRSMs, for benchmarks on idle
+//   cores. It sets OpenBLAS's thread count, a process-wide switch, for the call: never use it
+//   where two solves may run at once. (An earlier "auto" chose between the two from a 20 ms look
+//   at /proc/stat, so results depended on the machine's load; it is gone.)
+bool use_blas_threading() {
   const char* env = std::getenv("COLLABEDIT_SOLVE_THREADING");
-  const std::string mode = env && *env ? env : "auto";
-  if (mode != "auto" && mode != "blas" && mode != "split")
-    throw std::invalid_argument("COLLABEDIT_SOLVE_THREADING must be auto, blas or split, not " + mode);
-  if (mode == "blas") return true;
-  if (mode == "split" || num_threads() == 1) return false;
-  if (d < 2048) return false;
-  const double idle = idle_cores(20);
-  return idle < 0 || idle >= num_threads() - 0.5;
+  const std::string mode = env && *env ? env : "split";
+  if (mode != "blas" && mode != "split")
+    throw std::invalid_argument("COLLABEDIT_SOLVE_THREADING must be split or blas, not " + mode);
+  return mode == "blas" && num_threads() > 1;
 }
 
 }  // namespace
@@ -176,7 +149,7 @@ int64_t regularized_solve(const SymOperand& c0, double lam, const SymOperand& c_
   if (d == 0) return kSolveOk;
   if (!assemble(c0, lam, c_acc, s_kk, d, system)) return kNonFiniteInput;
   // Row-major upper == column-major lower: factor A = L Lᵀ in LAPACK's column-major terms.
-  if (use_blas_threading(d)) {
+  if (use_blas_threading()) {
     BlasThreads threads(num_threads());
     const int64_t info = scipy_LAPACKE_dpotrf_work64_(blas::ColMajor, 'L', d, system, d);
     if (info != 0) return info > 0 ? info : kNonFiniteInput;
@@ -192,7 +165,7 @@ int64_t regularized_solve(const SymOperand& c0, double lam, const SymOperand& c_
   if (d_out == 0) return kSolveOk;
   // x (d_out x d row-major) is Xᵀ column-major; ΔW A = S_RK  <=>  A Xᵀ = S_RKᵀ.
   // Right-hand sides are independent: threads take slabs of them in turn, one-thread BLAS each.
-  const int64_t slab = std::max<int64_t>(64, std::min<int64_t>(256, (d_out + 4 * num_threads() - 1) / (4 * num_threads())));
+  const int64_t slab = 128;  // fixed: the same TRSM calls whatever the thread count
   parallel_tasks((d_out + slab - 1) / slab, [&](int64_t t, int) {
     const int64_t b = t * slab, cols = std::min(slab, d_out - b);
     scipy_cblas_dtrsm64_(blas::ColMajor, blas::Left, blas::Lower, blas::NoTrans, blas::NonUnit, d,

@@ -102,7 +102,7 @@ def bench_solve(d: int, repeats: int) -> dict:
 
     return {"kernel": "regularized_solve", "backend": kernels.backend_for(c0, s_kk, s_rk), "repeats": repeats,
             "d": d, "rhs": d_out,
-            "threading": os.environ.get("COLLABEDIT_SOLVE_THREADING") or "auto",
+            "threading": os.environ.get("COLLABEDIT_SOLVE_THREADING") or "split",
             "baseline": "torch.linalg.solve (LU) on the assembled system",
             "kernel_s": ours, "baseline_s": base, "speedup": base / ours,
             "kernel_residual": residual(result["ours"]), "baseline_residual": residual(result["lu"])}

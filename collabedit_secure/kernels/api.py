@@ -70,7 +70,8 @@ def _host_mask(mask: Any) -> np.ndarray | None:
     return view if view.dtype in (np.bool_, np.uint8) else view != 0
 
 
-def covariance_accumulate(acc: Any, keys: Any, mask: Any = None, precision: str = "float64") -> Any:
+def covariance_accumulate(acc: Any, keys: Any, mask: Any = None, precision: str = "float64",
+                          threads: int | None = None) -> Any:
     """acc += keysᵀ·keys into a float64 accumulator, skipping rows whose mask is False; returns acc.
 
     acc: float64, d x d (kept symmetric: the lower triangle is rewritten from the upper) or the
@@ -101,10 +102,21 @@ def covariance_accumulate(acc: Any, keys: Any, mask: Any = None, precision: str 
     target = to_numpy(acc)
     work = target if target.flags.c_contiguous and target.flags.writeable else np.ascontiguousarray(target)
     bfloat16 = dtype_name(keys) == "bfloat16"
-    _backends.cpu_module.covariance_accumulate(work, to_numpy(keys), bfloat16, _host_mask(mask), precision == "mixed")
+    _backends.cpu_module.covariance_accumulate(work, to_numpy(keys), bfloat16, _host_mask(mask), precision == "mixed",
+                                               _budget(threads))
     if work is not target:
         target[...] = work
     return acc
+
+
+def _budget(threads: int | None) -> int:
+    """A per-call thread budget for the CPU kernels (None: the process default). Thread-local in
+    the C++: calls from several server threads at once never change each other's threading."""
+    if threads is None:
+        return 0
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    return threads
 
 
 # ---------------------------------------------------------------------------------- solve
@@ -161,6 +173,7 @@ def regularized_solve(
     c_acc: Any = None,
     refine: bool = True,
     layer: str | None = None,
+    threads: int | None = None,
 ) -> Any:
     """ΔW = s_rk · (lam·c0 + c_acc + s_kk)⁻¹ in float64, by Cholesky.
 
@@ -183,7 +196,7 @@ def regularized_solve(
         return result if isinstance(s_rk, torch.Tensor) else result.numpy()
     x = np.array(to_numpy(s_rk), dtype=np.float64, order="C", copy=True)
     status = _backends.cpu_module.regularized_solve(
-        _host_operand(c0), float(lam), _host_operand(c_acc), _host_operand(s_kk), x
+        _host_operand(c0), float(lam), _host_operand(c_acc), _host_operand(s_kk), x, _budget(threads)
     )
     raise_for_solve_status(status, d, layer)
     return like(x, s_rk)
@@ -230,6 +243,7 @@ def mask_encode(
     peer_signs: Sequence[int],
     out: Any = None,
     bound: int | None = None,
+    threads: int | None = None,
 ) -> Any:
     """Fixed-point encode values and add masks: encode(v) + PRG(self) + Σ sign·PRG(peer) mod 2^64.
 
@@ -259,7 +273,7 @@ def mask_encode(
         bad = -1 if out is None else _backends.cpu_module.first_unencodable(host, scale_bits, bound)
         if bad < 0:
             bad = _backends.cpu_module.mask_encode(host, scale_bits, bound, b"".join(seeds),
-                                                   np.array(signs, np.int8), words)
+                                                   np.array(signs, np.int8), words, _budget(threads))
         if bad >= 0:
             raise bad_value_error(host, bad, scale_bits, bound)
     return like(words.reshape(host.shape), values) if out is None else out
