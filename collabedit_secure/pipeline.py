@@ -125,7 +125,7 @@ def shipped_hparams(loaded: LoadedModel, schedule: str = "sequential") -> str | 
     if loaded.embedded:
         return "default-world-parallel" if schedule == "parallel" else "default-world"
     family = ModelAdapter.from_model(loaded.model).family
-    return {"gpt2": "gpt2-xl", "gptj": "gpt-j-6b", "llama": "llama", "mistral": "llama", "qwen2": "llama"}.get(family)
+    return {"gpt2": "gpt2-xl", "gptj": "gpt-j-6b", "llama": "llama", "mistral": "llama", "qwen2": "qwen2-7b"}.get(family)
 
 
 def check_c0_source(model: str, corpus: str, stats_dir: str | Path | None, stats_option: bool = True) -> None:
