@@ -451,6 +451,19 @@ class Rounds:
             self._participant(party)
             return list(self.adverts().values())
 
+    def _check_boxes(self, party: str, record: dict, boxes: list[tuple[str, str, bytes]], what: str) -> None:
+        """Party-to-party boxes: sent by the caller, exactly one to every other participant, well-sized."""
+        for sender, _, _ in boxes:
+            if sender != party:
+                raise PermissionDenied(f"sender_party_id {sender!r} is not the caller {party!r}")
+        others = sorted(p for p in record["participants"] if p != party)
+        recipients = sorted(recipient for _, recipient, _ in boxes)
+        if recipients != others:
+            raise InvalidArgument(f"expected exactly one {what} for each of {others}, got recipients {recipients}")
+        for _, recipient, box in boxes:
+            if len(box) < 28:
+                raise InvalidArgument(f"the {what} for {recipient!r} has {len(box)} bytes; a box has at least 28")
+
     def submit_shares(self, party, round_id: int, shares: list[tuple[str, str, bytes]]) -> tuple[int, bool]:
         """Records one encrypted share box per other participant; returns (count, was it a retry)."""
         with self.lock:
@@ -459,16 +472,7 @@ class Rounds:
             if not self.mask:
                 raise FailedPrecondition(f"round {round_id} is in {self.config.privacy} mode: there are no Shamir "
                                          "shares (HE rounds exchange a CKKS context: PublishHeContext)")
-            for sender, _, _ in shares:
-                if sender != party:
-                    raise PermissionDenied(f"sender_party_id {sender!r} is not the caller {party!r}")
-            others = sorted(p for p in record["participants"] if p != party)
-            recipients = [recipient for _, recipient, _ in shares]
-            if sorted(recipients) != others:
-                raise InvalidArgument(f"expected exactly one share for each of {others}, got recipients {sorted(recipients)}")
-            for _, recipient, box in shares:
-                if len(box) < 28:
-                    raise InvalidArgument(f"the share box for {recipient!r} has {len(box)} bytes; a box has at least 28")
+            self._check_boxes(party, record, shares, "share")
             old = self.store.query("SELECT recipient, ciphertext FROM shares WHERE round = ? AND sender = ?",
                                    record["id"], party)
             if old:
@@ -522,17 +526,7 @@ class Rounds:
                     return True
                 raise AlreadyExists(f"a different CKKS context was already published for round {round_id}")
             self._need_phase("PublishHeContext", SHARING)
-            for sender, _, _ in boxes:
-                if sender != party:
-                    raise PermissionDenied(f"sender_party_id {sender!r} is not the caller {party!r}")
-            others = sorted(p for p in record["participants"] if p != party)
-            recipients = [recipient for _, recipient, _ in boxes]
-            if sorted(recipients) != others:
-                raise InvalidArgument(f"expected exactly one secret-context box for each of {others}, got "
-                                      f"recipients {sorted(recipients)}")
-            for _, recipient, box in boxes:
-                if len(box) < 28:
-                    raise InvalidArgument(f"the box for {recipient!r} has {len(box)} bytes; a box has at least 28")
+            self._check_boxes(party, record, boxes, "secret-context box")
             try:
                 ctx = load_public_context(public_context, self.config.he)
             except HeError as error:
