@@ -96,7 +96,10 @@ ce::SymOperand sym_operand(const py::object& obj, int64_t d, const char* name, s
   return op;
 }
 
-int64_t solve(py::object c0, double lam, py::object c_acc, py::object s_kk, py::array x, int threads) {
+// `system`: the d x d float64 scratch the system is assembled and factored in; None allocates one.
+// It may be c0 itself (the caller's C0 is then overwritten): each entry is read before it is written.
+int64_t solve(py::object c0, double lam, py::object c_acc, py::object s_kk, py::array x, int threads,
+              py::object system) {
   require(x.ndim() == 2, "s_rk must be 2-D (d_out, d)");
   double* x_data = writable_data<double>(x, "s_rk");
   const int64_t d_out = x.shape(0), d = x.shape(1);
@@ -104,8 +107,13 @@ int64_t solve(py::object c0, double lam, py::object c_acc, py::object s_kk, py::
   ce::SymOperand c0_op = sym_operand(c0, d, "c0", keep), acc_op = sym_operand(c_acc, d, "c_acc", keep),
                  skk_op = sym_operand(s_kk, d, "s_kk", keep);
   require(c0_op.data && !c0_op.packed, "c0 must be a full d x d matrix");
-  py::array_t<double> system({d, d});
-  double* system_data = system.mutable_data();
+  py::array scratch = system.is_none() ? py::array(py::array_t<double>({d, d})) : py::array::ensure(system);
+  require(scratch.ptr() != nullptr && scratch.ndim() == 2 && scratch.shape(0) == d && scratch.shape(1) == d,
+          "system must be a d x d array");
+  require(c_contiguous(scratch), "system must be C-contiguous");
+  double* system_data = writable_data<double>(scratch, "system");
+  for (const ce::SymOperand* op : {&acc_op, &skk_op})
+    require(op->data != system_data, "system may alias c0 only");
   py::gil_scoped_release release;
   ce::ScopedThreads budget(threads);
   return ce::regularized_solve(c0_op, lam, acc_op, skk_op, d, system_data, x_data, d_out);
@@ -183,7 +191,7 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("covariance_accumulate", &covariance, py::arg("acc"), py::arg("keys"), py::arg("bfloat16"), py::arg("mask"),
         py::arg("mixed") = false, py::arg("threads") = 0);
   m.def("regularized_solve", &solve, py::arg("c0"), py::arg("lam"), py::arg("c_acc"), py::arg("s_kk"), py::arg("x"),
-        py::arg("threads") = 0);
+        py::arg("threads") = 0, py::arg("system") = py::none());
   m.def("prg_mask", &prg, py::arg("seed"), py::arg("out"));
   m.def("keystream_bound", &bound, py::arg("seeds"), py::arg("n"));
   m.def("mask_encode", &encode, py::arg("values"), py::arg("scale_bits"), py::arg("bound"), py::arg("seeds"),

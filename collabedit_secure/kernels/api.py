@@ -91,6 +91,7 @@ def covariance_accumulate(acc: Any, keys: Any, mask: Any = None, precision: str 
         raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
     backend = _backends.backend_for(acc, keys, mask)
     if backend == "cuda":
+        _backends.check_one_gpu((acc, keys, mask))
         return _cuda().covariance_accumulate(acc, keys, mask)
     if backend == "reference":
         mask_t = None if mask is None else to_torch(mask) != 0
@@ -161,6 +162,13 @@ def _check_solve_values(operands: tuple[tuple[str, Any], ...], layer: str | None
             raise ValueError(f"{name}{where} has NaN or Inf entries")
 
 
+def _overwritable(op: Any, name: str) -> np.ndarray:
+    """The operand itself, as a numpy view, where the solve may write into it."""
+    if not isinstance(op, np.ndarray) or op.dtype != np.float64 or not op.flags.c_contiguous or not op.flags.writeable:
+        raise ValueError(f"overwrite=True needs {name} as a writable, C-contiguous float64 numpy array")
+    return op
+
+
 def _host_operand(op: Any) -> np.ndarray | None:
     return None if op is None else np.ascontiguousarray(to_numpy(op))
 
@@ -174,6 +182,7 @@ def regularized_solve(
     refine: bool = True,
     layer: str | None = None,
     threads: int | None = None,
+    overwrite: bool = False,
 ) -> Any:
     """ΔW = s_rk · (lam·c0 + c_acc + s_kk)⁻¹ in float64, by Cholesky.
 
@@ -184,19 +193,30 @@ def regularized_solve(
     naming it). Returns a new float64 (d_out, d) array of the same kind as s_rk.
     `refine` lets the GPU factor in float32 and refine in float64 until every right-hand side's
     backward error is at float64 level (LAPACK dsposv's test), factoring in float64 where float32
-    cannot factor the system or does not converge; the CPU factorises in float64. Raises NotPositiveDefiniteError (naming `layer`) instead of NaN.
+    cannot factor the system or does not converge; the CPU factorises in float64. Raises
+    NotPositiveDefiniteError (naming `layer`) instead of NaN.
+    `overwrite` (CPU backend): the system is assembled and factored in c0's own memory and ΔW is
+    solved into s_rk's, which is returned; both must be writable, C-contiguous float64 numpy arrays
+    (ValueError otherwise) and are destroyed, also when the solve fails. No d x d scratch and no
+    copy of s_rk: what lets a server solve d = 16384 in bounded memory. Bit-identical results.
+    The CUDA and reference backends ignore it (they copy).
     """
     d = _check_solve(c0, lam, s_kk, s_rk, c_acc, layer)
     backend = _backends.backend_for(c0, s_kk, s_rk, c_acc)
     if backend == "cuda":
+        _backends.check_one_gpu((c0, s_kk, s_rk, c_acc))
         return _cuda().regularized_solve(c0, float(lam), s_kk, s_rk, c_acc, refine, layer)
     if backend == "reference":
         acc_t = None if c_acc is None else to_torch(c_acc)
         result = reference.regularized_solve(to_torch(c0), float(lam), to_torch(s_kk), to_torch(s_rk), acc_t, refine, layer)
         return result if isinstance(s_rk, torch.Tensor) else result.numpy()
-    x = np.array(to_numpy(s_rk), dtype=np.float64, order="C", copy=True)
+    system = None
+    if overwrite:
+        system, x = _overwritable(c0, "c0"), _overwritable(s_rk, "s_rk")
+    else:
+        x = np.array(to_numpy(s_rk), dtype=np.float64, order="C", copy=True)
     status = _backends.cpu_module.regularized_solve(
-        _host_operand(c0), float(lam), _host_operand(c_acc), _host_operand(s_kk), x, _budget(threads)
+        _host_operand(c0), float(lam), _host_operand(c_acc), _host_operand(s_kk), x, _budget(threads), system
     )
     raise_for_solve_status(status, d, layer)
     return like(x, s_rk)

@@ -23,17 +23,21 @@ def test_masking_row_reports_bound_and_fresh_allocation():
     assert "of AES bound" in bench.format_table([row]) and "fresh out" in bench.format_table([row])
 
 
-def test_solve_row_has_small_residuals():
-    row = bench.bench_solve(64, repeats=1)
-    assert row["rhs"] == 16
-    assert row["kernel_residual"] <= 1e-12 and row["baseline_residual"] <= 1e-12
+def test_solve_rows_compare_with_lu_and_the_library_cholesky():
+    rows = bench.bench_solve(64, repeats=1)
+    assert [r["baseline"].split()[0] for r in rows] == ["torch.linalg.solve", "torch.linalg.cholesky"]
+    assert rows[0]["kernel_s"] == rows[1]["kernel_s"]  # one kernel measurement, two references
+    for row in rows:
+        assert row["rhs"] == 16
+        assert row["kernel_residual"] <= 1e-12 and row["baseline_residual"] <= 1e-12
 
 
 def test_rows_name_the_backend_they_timed():
     # COLLABEDIT_KERNELS=reference (or no extension) times the reference in the "kernel" column.
     with kernels.use_backend("reference"):
-        rows = [*bench.bench_covariance(16, repeats=1), bench.bench_solve(16, repeats=1), bench.bench_masking(16, repeats=1)]
-    assert len(rows) == 6 and all(r["backend"] == "reference" for r in rows)
+        rows = [*bench.bench_covariance(16, repeats=1), *bench.bench_solve(16, repeats=1),
+                bench.bench_masking(16, repeats=1)]
+    assert len(rows) == 7 and all(r["backend"] == "reference" for r in rows)
     table = bench.format_table(rows).splitlines()
     assert table[0].split()[:2] == ["kernel", "backend"]
     assert all(line.split()[1] == "reference" for line in table[2:])
