@@ -113,3 +113,22 @@ def backend_for(*arrays: Any) -> str:
             raise BackendUnavailableError(f"data is on a GPU but {cuda_unavailable_reason}")
         return "cuda"
     return "cpu" if cpu_module is not None else "reference"
+
+
+def gpu_index(x: Any) -> int | None:
+    """The GPU an array lives on (torch or cupy), None for host data."""
+    if not is_on_gpu(x):
+        return None
+    return x.device.index if hasattr(x.device, "index") else x.device.id
+
+
+def check_one_gpu(arrays) -> None:
+    """A kernel reads every operand through raw device pointers on one device: host data or a
+    second GPU among them would be read as garbage (or crash), so it is refused by name."""
+    located = [(index, gpu_index(a)) for index, a in enumerate(arrays) if a is not None and hasattr(a, "shape")]
+    devices = {device for _, device in located}
+    if None in devices:
+        host = [index for index, device in located if device is None]
+        raise ValueError(f"operands mix GPU and host data (host: argument(s) {host}); move them to one GPU first")
+    if len(devices) > 1:
+        raise ValueError(f"operands are on GPUs {sorted(devices)}; a kernel call needs them on one GPU")

@@ -1,11 +1,16 @@
 """GPU adapter: passes device pointers of torch CUDA tensors or cupy arrays to _kernels_cuda.
 
-Arguments (and a caller's `out`) were already checked by api.py. Work is queued on the caller's
-current stream; results stay on the device (no host round trip).
+Arguments (and a caller's `out`) were already checked by api.py. Every call runs with the
+operands' device as the current device (`_on_device`): the kernels launch, allocate and upload the
+AES tables on the current device, so a tensor on cuda:1 is computed on cuda:1 whatever the
+thread's current device. Work is queued on that device's current stream; results stay on the
+device (no host round trip).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from typing import Any
 
 import torch
@@ -18,6 +23,26 @@ KEY_TYPES = {"float32": 0, "bfloat16": 1, "float64": 2}
 
 def _module():
     return _backends.cuda_module
+
+
+def _device_context(x: Any):
+    if _is_torch(x):
+        return torch.cuda.device(x.device)
+    import cupy
+
+    return cupy.cuda.Device(x.device.id)
+
+
+def _on_device(fn):
+    """Runs fn with its first array argument's device current (api.py checked they share one)."""
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        first = next((a for a in args if _is_torch(a) or hasattr(a, "__cuda_array_interface__")), None)
+        with contextlib.nullcontext() if first is None else _device_context(first):
+            return fn(*args, **kwargs)
+
+    return call
 
 
 def _is_torch(x: Any) -> bool:
@@ -63,6 +88,7 @@ def _dtype(x: Any) -> str:
     return str(x.dtype).removeprefix("torch.")
 
 
+@_on_device
 def covariance_accumulate(acc: Any, keys: Any, mask: Any) -> Any:
     work = acc if acc.is_contiguous() else _contiguous(acc) if _is_torch(acc) else _contiguous(acc)
     n, d = keys.shape
@@ -76,6 +102,7 @@ def covariance_accumulate(acc: Any, keys: Any, mask: Any) -> Any:
     return acc
 
 
+@_on_device
 def regularized_solve(c0, lam, s_kk, s_rk, c_acc, refine, layer, max_iter: int = 30):  # LAPACK's ITERMAX
     d = c0.shape[0]
     c0, s_kk = _contiguous(c0), _contiguous(s_kk)
@@ -93,11 +120,13 @@ def regularized_solve(c0, lam, s_kk, s_rk, c_acc, refine, layer, max_iter: int =
     return x
 
 
+@_on_device
 def prg_mask(seed: bytes, n: int, out: Any) -> Any:
     _module().prg_mask(seed, n, _ptr(out), _stream(out))
     return out
 
 
+@_on_device
 def mask_encode(values, scale_bits, seeds, signs, out, bound):
     from ._convert import bad_value_error
 
@@ -123,14 +152,17 @@ def _ring(a, b, out, subtract):
     return words
 
 
+@_on_device
 def ring_add(a, b, out):
     return _ring(a, b, out, False)
 
 
+@_on_device
 def ring_sub(a, b, out):
     return _ring(a, b, out, True)
 
 
+@_on_device
 def mask_decode(ring_sum, scale_bits):
     src = _contiguous(ring_sum)
     result = _empty(src, tuple(src.shape), "float64")

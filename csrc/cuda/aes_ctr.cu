@@ -2,6 +2,8 @@
 // 16-byte keystream block (two mask words), identical to OpenSSL/cryptography AES-CTR: the
 // counter block is the seed's 128-bit big-endian counter plus the block index.
 #include <cmath>
+#include <mutex>
+#include <set>
 #include <stdexcept>
 #include <string>
 
@@ -159,12 +161,18 @@ __global__ void decode_kernel(const uint64_t* sum, int64_t n, double inv_scale, 
     out[i] = static_cast<double>(static_cast<int64_t>(sum[i])) * inv_scale;
 }
 
+// __constant__ memory belongs to each device: the tables are uploaded once per device (the
+// current one, which the Python adapter sets to the operands' device), under a lock, so that
+// server threads masking on two GPUs at once both get them.
 void upload_tables() {
-  static bool done = false;
-  if (!done) {
-    check(cudaMemcpyToSymbol(d_tables, &host_tables(), sizeof(Tables)), "uploading AES tables");
-    done = true;
-  }
+  static std::mutex lock;
+  static std::set<int> uploaded;
+  int device = 0;
+  check(cudaGetDevice(&device), "reading the current device");
+  std::lock_guard<std::mutex> guard(lock);
+  if (uploaded.count(device)) return;
+  check(cudaMemcpyToSymbol(d_tables, &host_tables(), sizeof(Tables)), "uploading AES tables");
+  uploaded.insert(device);
 }
 
 unsigned grid_for(int64_t items, int threads) { return static_cast<unsigned>((items + threads - 1) / threads); }

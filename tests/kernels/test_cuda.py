@@ -138,3 +138,57 @@ def test_gpu_operands_are_checked_on_the_device():
         kernels.regularized_solve(bad, 1.0, c0, s_rk, layer="g1")
     bad[9, 2] = 0.5  # only the upper triangle is read, on the GPU as on the CPU
     torch.testing.assert_close(kernels.regularized_solve(bad, 1.0, c0, s_rk), kernels.regularized_solve(c0, 1.0, c0, s_rk))
+
+
+@needs_gpu
+@pytest.mark.cuda
+def test_operands_on_the_host_or_another_gpu_are_refused_by_name():
+    d = 8
+    c0 = torch.eye(d, dtype=torch.float64, device="cuda")
+    with pytest.raises(ValueError, match=r"^operands mix GPU and host data \(host: argument\(s\) \[2\]\)"):
+        kernels.regularized_solve(c0, 1.0, c0, torch.ones(2, d, dtype=torch.float64))
+    keys = torch.randn(5, d, device="cuda")
+    with pytest.raises(ValueError, match=r"^operands mix GPU and host data \(host: argument\(s\) \[2\]\)"):
+        kernels.covariance_accumulate(torch.zeros(d, d, dtype=torch.float64, device="cuda"), keys,
+                                      torch.ones(5, dtype=torch.bool))
+    if torch.cuda.device_count() > 1:
+        with pytest.raises(ValueError, match=r"^operands are on GPUs \[0, 1\]"):
+            kernels.regularized_solve(c0, 1.0, c0, torch.ones(2, d, dtype=torch.float64, device="cuda:1"))
+
+
+@needs_gpu
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second GPU")
+def test_a_second_gpu_computes_the_same_masks_and_solves():
+    """The AES tables live in each device's constant memory: uploaded per device, with the
+    operands' device made current for the call (whatever the thread's current device)."""
+    values = np.random.default_rng(1).standard_normal(50_001)
+    seeds = [bytes([i + 1]) * 32 for i in range(3)]
+    want = kernels.mask_encode(values, 20, seeds[0], seeds[1:], [1, -1])
+    with torch.cuda.device(0):  # the thread's current device is 0; the data is on 1
+        got = kernels.mask_encode(torch.from_numpy(values).to("cuda:1"), 20, seeds[0], seeds[1:], [1, -1])
+        assert got.device == torch.device("cuda:1")
+        np.testing.assert_array_equal(got.cpu().numpy(), want)
+        d = 64
+        a = torch.randn(d, d + 4, dtype=torch.float64)
+        c0, s_rk = a @ a.T / d, torch.randn(5, d, dtype=torch.float64)
+        on = lambda device: kernels.regularized_solve(c0.to(device), 1.0, c0.to(device), s_rk.to(device))  # noqa: E731
+        torch.testing.assert_close(on("cuda:1").cpu(), on("cuda:0").cpu(), rtol=0, atol=0)
+
+
+@needs_gpu
+@pytest.mark.cuda
+def test_cupy_arrays_run_on_the_gpu_kernels():
+    cupy = pytest.importorskip("cupy", reason="cupy is not installed (pip install cupy-cuda12x)")
+    values = np.random.default_rng(2).standard_normal(10_001)
+    seeds = [bytes([9]) * 32, bytes([8]) * 32]
+    want = kernels.mask_encode(values, 20, seeds[0], seeds[1:], [1])
+    got = kernels.mask_encode(cupy.asarray(values), 20, seeds[0], seeds[1:], [1])
+    assert isinstance(got, cupy.ndarray)
+    np.testing.assert_array_equal(cupy.asnumpy(got), want)
+    d = 48
+    a = np.random.default_rng(3).standard_normal((d, d + 4))
+    c0, s_rk = a @ a.T / d, np.ones((3, d))
+    np.testing.assert_allclose(cupy.asnumpy(kernels.regularized_solve(cupy.asarray(c0), 1.0, cupy.asarray(c0),
+                                                                        cupy.asarray(s_rk))),
+                               kernels.regularized_solve(c0, 1.0, c0, s_rk), rtol=1e-10, atol=1e-12)
