@@ -8,6 +8,7 @@
                     [--consistency DIR|world] --json OUT
     collabedit bench kernels [--quick] [--repeats N] [--json OUT]
     collabedit bench privacy [--parties 2,4,8] [--dim 1024,4096] [--modes plain,mask,he] [--json OUT] [--plot OUT.png]
+    collabedit bench memory --shape gpt2-xl|gpt-j|llama-7b [--modes plain,mask,he] [--parties 2] [--layers 1] [--json OUT]
     collabedit certs init --parties a,b,c --out DIR
     collabedit coordinator serve --config FILE [--insecure]
     collabedit party run --config FILE [--insecure]
@@ -258,6 +259,14 @@ def _bench_privacy(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def _bench_memory(args: argparse.Namespace) -> None:
+    from .bench import memory as bench_memory
+
+    report = bench_memory.run(args)
+    if args.strict and (report["failed"] or report["over_target"]):
+        raise SystemExit(1)
+
+
 def consistency_source(value: str) -> str:
     """argparse type: 'world' or a directory (its files are checked when read, before any model loads)."""
     if value != "world" and not Path(value).is_dir():
@@ -395,6 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_privacy_module.add_arguments(bench_privacy)
     bench_privacy.set_defaults(handler=_bench_privacy)
+    bench_memory = bench_cmds.add_parser("memory", help="one federation round per privacy mode at a real model's "
+                                                        "layer shape: each process's peak memory against one S_KK")
+    from .bench import memory as bench_memory_module
+
+    bench_memory_module.add_arguments(bench_memory)
+    bench_memory.set_defaults(handler=_bench_memory)
 
     from .coordinator.cli import add_commands as add_coordinator_commands
     from .party.cli import add_commands as add_party_commands

@@ -31,12 +31,9 @@ What is measured, and where each number comes from (also written into the JSON, 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +43,11 @@ import numpy as np
 
 from collabedit_secure.cli import output_file, positive_int
 
-MODES = ("plain", "mask", "he")
+from .common import MODES, dump_json, events as _events, int_list as _int_list, log_tail as _log_tail, machine_info, mean as _mean
+from .common import modes as _modes, run_round, sum_field as _sum_field, synthetic_federation, threshold_for
+
+__all__ = ["MODES", "machine_info", "threshold_for", "run", "run_configuration", "write_data", "add_ratios",
+           "format_table", "naive_he"]
 DEFAULT_PARTIES = (2, 4, 8)
 DEFAULT_DIMS = (1024, 4096)
 RANK = 32  # keys (and residuals) behind each party's synthetic statistics
@@ -61,29 +62,6 @@ FEDERATION_ID = "bench-privacy"
 
 
 # ------------------------------------------------------------------------------------ arguments
-
-
-def _int_list(minimum: int, what: str):
-    def parse(value: str) -> list[int]:
-        try:
-            items = [int(v) for v in value.split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {value!r}") from None
-        if not items:
-            raise argparse.ArgumentTypeError(f"give at least one {what}")
-        low = [v for v in items if v < minimum]
-        if low:
-            raise argparse.ArgumentTypeError(f"every {what} must be >= {minimum}, got {low[0]}")
-        return list(dict.fromkeys(items))
-    return parse
-
-
-def _modes(value: str) -> list[str]:
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    unknown = [v for v in items if v not in MODES]
-    if unknown or not items:
-        raise argparse.ArgumentTypeError(f"modes are a comma-separated subset of {','.join(MODES)}, got {value!r}")
-    return list(dict.fromkeys(items))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,44 +94,6 @@ def _progress(message: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ machine
-
-
-def machine_info() -> dict:
-    import grpc
-    import torch
-
-    info: dict = {"cpu": platform.processor() or None, "cores": os.cpu_count(), "platform": platform.platform(),
-                  "python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
-                  "grpcio": grpc.__version__}
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        with open("/proc/meminfo") as f:
-            info["memory_bytes"] = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))
-    except (OSError, StopIteration, ValueError):
-        pass
-    for name in ("tenseal", "matplotlib"):
-        try:
-            info[name] = __import__(name).__version__
-        except Exception:  # noqa: BLE001 - a missing optional package is a fact to record, not an error
-            info[name] = None
-    info.update(git_commit())
-    return info
-
-
-def git_commit() -> dict:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return {"git_commit": None, "git_dirty": None}
-    return {"git_commit": commit, "git_dirty": bool(dirty)}
 
 
 # ------------------------------------------------------------------------------------ synthetic data
@@ -193,113 +133,27 @@ def write_data(folder: Path, d: int, parties: int, layers: list[int]) -> dict:
 # ------------------------------------------------------------------------------------ one configuration
 
 
-def _events(log_path: Path, round_id: int | None) -> list[dict]:
-    """The coordinator's JSON event lines (of one round, if round_id is given); other lines are skipped."""
-    events = []
-    if not log_path.is_file():
-        return events
-    for line in log_path.read_text(errors="replace").splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and "event" in event and (round_id is None or event.get("round") == round_id):
-            events.append(event)
-    return events
-
-
-def _log_tail(path: Path, lines: int = 3) -> str:
-    """The last lines of a process log that say what went wrong (errors first), for an error message."""
-    if not path.is_file():
-        return ""
-    text = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    wrong = [line for line in text if any(w in line.lower() for w in ("error", "fail", "refus", "traceback"))]
-    return " | ".join((wrong or text)[-lines:])[-600:]
-
-
-def _vm_hwm(pid: int) -> int | None:
-    """Peak resident set of a live process (VmHWM), in bytes."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _sum_field(events: list[dict], name: str, field: str) -> float | None:
-    values = [e[field] for e in events if e.get("event") == name and isinstance(e.get(field), (int, float))]
-    return float(sum(values)) if values else None
-
-
-def _mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return float(sum(values) / len(values)) if values else None
-
-
-def _party_result(fed, party: str, round_id: int, reply) -> dict:
-    """The party's round result: its result.json (every field) where the round wrote one, else the reply's."""
-    path = fed.root / f"{party}-state" / "rounds" / str(round_id) / "result.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    from collabedit_secure.party.round_client import phase_name
-
-    return {"phase": phase_name(reply.phase), "stage_seconds": dict(reply.stage_seconds),
-            "bytes_sent": reply.bytes_sent, "bytes_received": reply.bytes_received, "error": ""}
-
-
-def threshold_for(parties: int) -> int:
-    """A majority, at least 2 (the coordinator's minimum)."""
-    return max(2, parties // 2 + 1)
-
-
 def run_configuration(mode: str, parties: int, d: int, data: dict, root: Path, args) -> dict:
     """One round of a fresh federation; every number of it, or the error that stopped it."""
     import grpc
-
-    from collabedit_secure.party.local import LocalFederation, wait_results
-    from collabedit_secure.party.synthetic import MODEL_FINGERPRINT
-    from collabedit_secure.rpc.generated import party_pb2 as ppb
 
     layers = list(range(args.layers))
     names = [f"p{i:02d}" for i in range(parties)]
     timeout = float(args.timeout)
     row: dict = {"mode": mode, "parties": parties, "d": d, "d_out": d_out_for(d), "layers": args.layers,
                  "schedule": args.schedule, "threshold": threshold_for(parties), "status": "failed", "error": None}
-    coordinator = {"schedule": args.schedule, "privacy": mode, "threshold": threshold_for(parties),
-                   "min_parties": parties, "hparams": str(data["hparams"]), "c0": str(data["c0"]),
-                   "layer_shapes": {layer: d_out_for(d) for layer in layers}, "model_fingerprint": MODEL_FINGERPRINT,
-                   "deadlines": {"join": timeout, "keys": timeout, "upload": timeout, "unmask": timeout,
-                                 "download": timeout}}
-    party = {"hparams": str(data["hparams"]), "c0": str(data["c0"]),
-             "timeouts": {"join": timeout, "phase": timeout, "rpc": 120}}
-    per_party = {name: {"statistics": f"synthetic:{data['stats'][i]}"} for i, name in enumerate(names)}
-    fed = LocalFederation(root, names, coordinator, party, per_party, federation_id=FEDERATION_ID)
-    round_id = None
-    results: dict = {}
-    hwm: dict[str, int | None] = {}
+    fed = synthetic_federation(root, names, mode, args.schedule, {layer: d_out_for(d) for layer in layers}, data,
+                               timeout, FEDERATION_ID)
+    state: dict = {"round_id": None, "results": {}, "hwm": {}}
     try:
         with fed:
-            stubs = {name: fed.party_stub(name) for name in names}
-            for i, name in enumerate(names):
-                stubs[name].SubmitEditRequests(ppb.SubmitEditRequestsRequest(requests=[ppb.EditRequest(
-                    case_id=f"{name}-1", prompt="{} is located in", subject=f"Subject {i}", target_new="X")]),
-                    timeout=30)
-            started = time.perf_counter()
-            rounds = {stubs[name].StartRound(ppb.StartRoundRequest(), timeout=120).round_id for name in names}
-            if len(rounds) != 1:
-                raise RuntimeError(f"the parties joined different rounds: {sorted(rounds)}")
-            round_id = rounds.pop()
-            replies = wait_results(stubs, round_id, timeout=timeout, poll=POLL_S)
-            row["round_seconds"] = time.perf_counter() - started
-            hwm = {name: _vm_hwm(proc.pid) for name, proc in fed.procs.items()}
-            results = {name: _party_result(fed, name, round_id, replies[name]) for name in names}
+            run_round(fed, names, timeout, POLL_S, state)
+            row["round_seconds"] = state["round_seconds"]
     except (grpc.RpcError, TimeoutError, RuntimeError, OSError) as error:  # ProcessFailed is a RuntimeError
         detail = error.details() if isinstance(error, grpc.RpcError) else str(error)
         tail = _log_tail(fed.log_path("coordinator"))
         row["error"] = f"{type(error).__name__}: {detail}" + (f" [coordinator log: {tail}]" if tail else "")
+    round_id, results, hwm = state["round_id"], state["results"], state["hwm"]
     events = _events(fed.log_path("coordinator"), round_id) if round_id is not None else []
     row["round_id"] = round_id
     if results:
@@ -659,10 +513,8 @@ def run(args: argparse.Namespace) -> dict:
     if keep_work or args.keep:
         print(f"\nfederation folders kept in {work}")
     if args.json:
-        from collabedit_secure.files import json_safe
-
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(json_safe(report), indent=2, allow_nan=False))
+        Path(args.json).write_text(dump_json(report))
     if args.plot:
         write_plot(args.plot, rows, measured_naive)
     return report

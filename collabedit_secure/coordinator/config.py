@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from collabedit_secure.blockio import LazyC0
 from collabedit_secure.editing.hparams import HparamsError, MemitHparams
 from collabedit_secure.protocol import fingerprints
 from collabedit_secure.protocol.encoding import check_party_id
@@ -66,7 +68,7 @@ class CoordinatorConfig:
     hparams: MemitHparams
     layers: tuple[Layer, ...]
     lambdas: tuple[float, ...]  # lambda per layer, in the order of `layers`
-    c0: dict[str, torch.Tensor]  # module name -> C0 = E[k k^T] (float64)
+    c0: Mapping[str, torch.Tensor]  # module name -> C0 = E[k k^T] (float64; LazyC0: read per solve)
     model_fingerprint: str
     hparams_fingerprint: str
     c0_fingerprint: str
@@ -170,7 +172,13 @@ def load_config(path: str | Path) -> CoordinatorConfig:
         module = _module(hparams, layer)
         if layer not in d_outs:
             fail("layer_shapes", f"no d_out for layer {layer} ({module}); give layer_shapes: {{{layer}: D_OUT}}")
-        layers.append(Layer(layer, module, d_outs[layer], int(c0[module].shape[0])))
+        layers.append(Layer(layer, module, d_outs[layer], _c0_dim(c0, module)))
+    try:
+        c0_fingerprint = fingerprints.c0_fingerprint(c0)  # reads every C0 file once: a corrupt one fails here
+    except (OSError, ValueError) as err:
+        fail("c0", str(err))
+    if isinstance(c0, LazyC0):
+        c0.release()  # read again one layer at a time, into each solve's own buffer
 
     if "model_fingerprint" in data:
         model_fp = data["model_fingerprint"]
@@ -218,7 +226,7 @@ def load_config(path: str | Path) -> CoordinatorConfig:
         state_dir=state_dir, roster=roster, threshold=threshold, min_parties=min_parties, schedule=schedule,
         privacy=privacy, hparams=hparams, layers=tuple(layers), lambdas=lambdas, c0=c0,
         model_fingerprint=model_fp, hparams_fingerprint=fingerprints.hparams_fingerprint(hparams),
-        c0_fingerprint=fingerprints.c0_fingerprint(c0), deadlines=deadlines, chunk_bytes=chunk_bytes,
+        c0_fingerprint=c0_fingerprint, deadlines=deadlines, chunk_bytes=chunk_bytes,
         scale_bits=scale_bits, tls=tls, he=he, device=device,
     )
 
@@ -264,24 +272,35 @@ def _embedded_c0(hparams: MemitHparams, fail) -> tuple[dict[str, torch.Tensor], 
     return c0, {layer: d_out for layer in hparams.layers}
 
 
-def _directory_c0(hparams: MemitHparams, directory: Path, fail) -> dict[str, torch.Tensor]:
-    """C0 from MEMIT-layout npz files (`{module}_{dtype}_mom2_{n}.npz`) in a directory."""
-    from collabedit_secure.editing.covariance import CorruptStatsError, import_memit_stats
+def _directory_c0(hparams: MemitHparams, directory: Path, fail) -> LazyC0:
+    """C0 from MEMIT-layout npz files (`{module}_{dtype}_mom2_{n}.npz`) in a directory, read when a
+    layer is solved (LazyC0): the coordinator holds no C0 between solves, however many layers."""
+    from collabedit_secure.editing.covariance import CorruptStatsError
     from collabedit_secure.pipeline import stats_file
 
     if not directory.is_dir():
         fail(f"must be 'embedded' or a directory of MEMIT statistics; {directory} is not a directory")
-    c0 = {}
+    files = {}
     for layer in hparams.layers:
         module = _module(hparams, layer)
         try:
-            c0[module] = import_memit_stats(stats_file(directory, module, hparams)).moment().to(torch.float64)
+            files[module] = stats_file(directory, module, hparams)
         except (OSError, ValueError, CorruptStatsError) as err:
+            fail(str(err))
+    c0 = LazyC0(files)
+    for module in files:
+        try:
+            c0.dim(module)  # the file's header: its shape and count
+        except (OSError, ValueError) as err:
             fail(str(err))
     return c0
 
 
-def _layer_shapes(spec, c0: dict[str, torch.Tensor], hparams: MemitHparams, fail) -> dict[int, int]:
+def _c0_dim(c0, module: str) -> int:
+    return c0.dim(module) if isinstance(c0, LazyC0) else int(c0[module].shape[0])
+
+
+def _layer_shapes(spec, c0, hparams: MemitHparams, fail) -> dict[int, int]:
     """layer_shapes: {layer: d_out} or {layer: {d_out: N, d_in: M}} (d_in must match C0)."""
     if spec is None:
         return {}
@@ -294,7 +313,7 @@ def _layer_shapes(spec, c0: dict[str, torch.Tensor], hparams: MemitHparams, fail
             fail(f"layer {key!r} is not one of the edited layers {hparams.layers}")
         if isinstance(value, dict):
             d_in = value.get("d_in")
-            expected = int(c0[_module(hparams, layer)].shape[0])
+            expected = _c0_dim(c0, _module(hparams, layer))
             if d_in is not None and d_in != expected:
                 fail(f"layer {layer}: d_in {d_in} differs from C0's {expected}")
             value = value.get("d_out")

@@ -31,13 +31,14 @@ import grpc
 import numpy as np
 import torch
 
-from collabedit_secure.kernels import ring_add, safe_bound, unpack_upper
+from collabedit_secure.blockio import add_upper, c0_into, le_bytes, packed_blocks, release_free_memory
+from collabedit_secure.kernels import regularized_solve, ring_add, safe_bound
 from collabedit_secure.merging.collabedit import collabedit_merge
 from collabedit_secure.protocol.encoding import Binding
 from collabedit_secure.protocol.fixedpoint import RoundNumerics
 from collabedit_secure.protocol.he import HeError, load_public_context, summed_blocks
 from collabedit_secure.protocol.keys import KeyAdvertisement, KeyAdvertisementError, verify_advertisement
-from collabedit_secure.protocol.masking import unmask_sum
+from collabedit_secure.protocol.streaming import unmask_blocks
 from collabedit_secure.protocol.recovery import recover_mask_private_key, recover_self_secret, share_index
 from collabedit_secure.protocol.shamir import SHARE_BYTES, ShamirError, Share
 from collabedit_secure.rpc.generated import common_pb2 as pb, coordinator_pb2 as cpb
@@ -303,21 +304,23 @@ class Rounds:
         self._changed("round_opened")
 
     def _c_acc_updates(self) -> list[tuple]:
-        """C_acc[module] + lambda * S_KK of every layer, written as new generation files.
-        HE mode: none here; only the parties ever see S_KK, and each keeps its own C_acc."""
+        """C_acc[module] + lambda * S_KK of every layer, written as new generation files: packed upper
+        triangles (what the solve reads), summed a block at a time (an earlier version's full d x d
+        file is read as its upper triangle). HE mode: none here; only the parties ever see S_KK, and
+        each keeps its own C_acc."""
         updates = []
         if self.he:
             return updates
         for layer in self.spec.values():
             row = self.store.query("SELECT s_kk_path FROM results WHERE round = ? AND layer = ?",
                                    self.current["id"], layer.layer)[0]
-            s_kk = unpack_upper(read_array(self.store.path(row["s_kk_path"]), "<f8"), layer.d_in)
             old = self.store.query("SELECT generation, path FROM c_acc WHERE module = ?", layer.module_name)
-            total = self.lam[layer.layer] * s_kk
+            lam, d = self.lam[layer.layer], layer.d_in
+            added = (lam * block for block in packed_blocks(self.store.path(row["s_kk_path"]), d))
             if old:
-                total = read_array(self.store.path(old[0]["path"]), "<f8").reshape(total.shape) + total
+                added = (a + b for a, b in zip(packed_blocks(self.store.path(old[0]["path"]), d), added))
             generation = old[0]["generation"] + 1 if old else 1
-            path = self.store.new_generation_file("c_acc", layer.module_name, generation, [total.astype("<f8").tobytes()])
+            path = self.store.new_generation_file("c_acc", layer.module_name, generation, map(le_bytes, added))
             updates.append((layer.module_name, generation, path, old[0]["path"] if old else None))
         return updates
 
@@ -620,6 +623,7 @@ class Rounds:
                 return self._add_upload(session)
         finally:
             session.discard()
+            release_free_memory()
 
     def _check_finite(self, session: UploadSession) -> None:
         seen = 0
@@ -796,42 +800,65 @@ class Rounds:
                 self._set(DOWNLOADING, "step_solved")
 
     def _decoded_sum(self, record: dict, layer: int, tensor: int, path: str, secrets, adverts) -> np.ndarray:
+        """The decoded sum of a tensor, read (and, in mask mode, unmasked) a block at a time into one
+        float64 array of its size."""
         spec = self.spec[layer]
         shape = (spec.d_in * (spec.d_in + 1) // 2,) if tensor == S_KK else (spec.d_out, spec.d_in)
         if not self.mask:
             return read_array(self.store.path(path), "<f8").reshape(shape)
-        words = read_array(self.store.path(path), "<u8").astype(np.uint64)
         participants = record["participants"]
         binding = Binding(self.config.federation_id, record["id"], layer, tensor_name(tensor), shape)
         numerics = RoundNumerics(len(participants), self.config.scale_bits, safe_bound(len(participants)))
         keys = {p: adverts[p]["mask_pk"] for p in participants}
-        return unmask_sum(words, secrets["self"], secrets["dropped"], keys, binding, numerics)
+        return unmask_blocks(_file_blocks(self.store.path(path), "<u8"), secrets["self"], secrets["dropped"], keys,
+                             binding, numerics)
 
     def _solve_layer(self, record: dict, layer: int, sums: dict, secrets, adverts) -> None:
+        """ΔW of one layer. CPU memory: the d x d system (C0 read into it, then lambda C0 + C_acc +
+        S_KK assembled and factored in place), the packed S_KK sum and S_RK (solved into ΔW)."""
         spec, started = self.spec[layer], time.monotonic()
         if (layer, S_KK) not in sums or (layer, S_RK) not in sums:
             raise ValueError(f"no uploads of layer {layer}")
-        s_kk = self._decoded_sum(record, layer, S_KK, sums[(layer, S_KK)], secrets, adverts)
-        s_rk = self._decoded_sum(record, layer, S_RK, sums[(layer, S_RK)], secrets, adverts)
-        unmasked = time.monotonic()
         acc = self.store.query("SELECT path FROM c_acc WHERE module = ?", spec.module_name)
-        c_acc = (torch.from_numpy(read_array(self.store.path(acc[0]["path"]), "<f8").reshape(spec.d_in, spec.d_in))
-                 if acc else None)
-        device = torch.device(self.config.device)  # cuda: the compiled CUDA solve, operands moved once
-        delta = collabedit_merge(self.config.c0[spec.module_name].to(device), self.lam[layer],
-                                 torch.from_numpy(unpack_upper(np.ascontiguousarray(s_kk), spec.d_in)).to(device),
-                                 torch.from_numpy(np.ascontiguousarray(s_rk)).to(device),
-                                 None if c_acc is None else c_acc.to(device), layer=spec.module_name)
-        payload = np.ascontiguousarray(delta.to(torch.float64).cpu().numpy(), dtype="<f8").tobytes()
+        c_acc_path = self.store.path(acc[0]["path"]) if acc else None
+        s_kk = self._decoded_sum(record, layer, S_KK, sums[(layer, S_KK)], secrets, adverts)
+        s_rk = np.ascontiguousarray(self._decoded_sum(record, layer, S_RK, sums[(layer, S_RK)], secrets, adverts))
+        unmasked = time.monotonic()
+        if torch.device(self.config.device).type == "cpu":
+            delta = self._solve_in_place(spec, layer, s_kk, s_rk, c_acc_path)
+        else:  # the compiled CUDA solve: operands moved to the device once
+            device = torch.device(self.config.device)
+            c_acc = None if c_acc_path is None else np.concatenate(list(packed_blocks(c_acc_path, spec.d_in)))
+            on = lambda array: torch.from_numpy(array).to(device)  # noqa: E731
+            delta = collabedit_merge(self.config.c0[spec.module_name].to(device), self.lam[layer], on(s_kk), on(s_rk),
+                                     None if c_acc is None else on(c_acc), layer=spec.module_name)
+            delta = delta.to(torch.float64).cpu().numpy()
+        del s_rk
         stem = f"r{record['id']}-l{layer}"
+        kk_path = self.store.new_generation_file("results", stem + "-s_kk", 0, [le_bytes(s_kk)])
+        del s_kk
+        payload = le_bytes(delta)
         dw_path = self.store.new_generation_file("results", stem + "-delta_w", 0, [payload])
-        kk_path = self.store.new_generation_file("results", stem + "-s_kk", 0, [np.asarray(s_kk, "<f8").tobytes()])
+        dw_bytes = payload.nbytes
         with self.store.transaction() as db:
             db.execute("INSERT INTO results VALUES (?, ?, ?, ?, ?)",
                        (record["id"], layer, dw_path, hashlib.sha256(payload).digest(), kk_path))
-        log_event("layer_solved", round=record["id"], layer=layer, bytes=len(payload),
+        del payload, delta
+        release_free_memory()
+        log_event("layer_solved", round=record["id"], layer=layer, bytes=dw_bytes,
                   seconds=round(time.monotonic() - started, 3), unmask_seconds=round(unmasked - started, 3),
                   solve_seconds=round(time.monotonic() - unmasked, 3))
+
+    def _solve_in_place(self, spec, layer: int, s_kk: np.ndarray, s_rk: np.ndarray, c_acc_path) -> np.ndarray:
+        """lambda C0 + C_acc assembled in one d x d buffer (C0 read into it, C_acc added from its
+        file a block of rows at a time), then the kernel adds S_KK and solves in place: the same
+        operations in the same order as collabedit_merge, so the same bits."""
+        system = c0_into(self.config.c0, spec.module_name, np.empty((spec.d_in, spec.d_in)))
+        lam = self.lam[layer]
+        if c_acc_path is not None:
+            add_upper(system, c_acc_path, scale=lam)
+            lam = 1.0  # already applied: 1.0 * x is exact
+        return regularized_solve(system, lam, s_kk, s_rk, layer=spec.module_name, overwrite=True)
 
     def result(self, party, round_id: int, layer: int) -> tuple[Path, bytes, list[int]]:
         """(file, sha256, shape) of a solved layer's Delta W (float64 little-endian, d_out x d_in)."""

@@ -5,6 +5,7 @@ These define what the kernels compute; the C++ and CUDA versions are tested agai
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -30,14 +31,24 @@ def dim_from_packed(n: int) -> int:
 
 
 def pack_upper(matrix):
-    """Row-major upper triangle (i <= j) of a square matrix, as a 1-D tensor (numpy in, numpy out)."""
+    """Row-major upper triangle (i <= j) of a square matrix, as a 1-D array (numpy in, numpy out).
+    No index arrays (torch.triu_indices would take 16 bytes per packed entry: 2 GiB at d = 16384):
+    numpy copies row by row, torch selects through a boolean mask of d x d bytes, on the matrix's device."""
     if not isinstance(matrix, torch.Tensor):
-        return pack_upper(torch.tensor(matrix)).numpy()
+        matrix = np.asarray(matrix)
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"pack_upper needs a square (d, d) matrix, got shape {tuple(matrix.shape)}")
+        d = matrix.shape[0]
+        out, start = np.empty(packed_size(d), dtype=matrix.dtype), 0
+        for i in range(d):
+            out[start:start + d - i] = matrix[i, i:]
+            start += d - i
+        return out
     if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"pack_upper needs a square (d, d) matrix, got shape {tuple(matrix.shape)}")
     d = matrix.shape[0]
-    rows, cols = torch.triu_indices(d, d, device=matrix.device)
-    return matrix[rows, cols].contiguous()
+    upper = torch.ones(d, d, dtype=torch.bool, device=matrix.device).triu_()
+    return matrix.masked_select(upper)
 
 
 def unpack_upper(packed, d: int | None = None):
@@ -121,7 +132,6 @@ def regularized_solve(
 # The PRG and encoding are defined in collabedit_secure/kernels/__init__.py; this is the
 # executable form of that definition and the baseline the compiled kernels must match bit for bit.
 
-import numpy as np  # noqa: E402
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: E402
 
 DEFAULT_BOUND = 1 << 62

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from collabedit_secure.blockio import LazyC0, RowSum, memmap_npz, write_npz
 from collabedit_secure.editing.hparams import MemitHparams
 from collabedit_secure.kernels import pack_upper
 from collabedit_secure.protocol import fingerprints
@@ -39,6 +40,14 @@ def local_solver(hparams: MemitHparams, c0: dict[str, torch.Tensor], state_dir: 
     """The HE-mode solver, with λ per edited module as the coordinator takes it from the same hparams."""
     lambdas = {module_name(hparams, layer): lam for layer, lam in zip(hparams.layers, hparams.layer_lambdas())}
     return LocalSolver(c0, lambdas, state_dir, "cuda:0" if device == "auto" else device)
+
+
+def c0_files(directory: str, hparams: MemitHparams) -> dict[str, Path]:
+    """The MEMIT-layout statistics file of every edited module in a directory."""
+    from collabedit_secure.pipeline import stats_file
+
+    return {module_name(hparams, layer): stats_file(Path(directory), module_name(hparams, layer), hparams)
+            for layer in hparams.layers}
 
 
 def load_c0_dir(directory: str, hparams: MemitHparams) -> dict[str, torch.Tensor]:
@@ -93,6 +102,7 @@ class ModelEngine:
                                                     self.hparams.context_template_length_params)
         self.evaluate = config.evaluate
         self.solver = local_solver(self.hparams, self.c0, config.state_dir, config.device)
+        self.spool_dir = Path(config.state_dir) / "spool"
 
     def restore(self, results: list[dict]) -> str:
         """Re-apply the deltas of earlier completed rounds (a restarted daemon); last checkpoint path."""
@@ -110,6 +120,7 @@ class ModelEngine:
 
         requests = [e.request() for e in edits]
         seconds: dict[str, float] = {}
+        client.spool_dir = client.spool_dir or self.spool_dir
         pending: list[int] = []  # layers edit() applied whose ReportApplied is still due
         in_exchange = [0.0]
 
@@ -120,8 +131,9 @@ class ModelEngine:
                     client.report_applied(layer)
                 pending.clear()
             (mine,) = per_party
-            contributions = {layer: (pack_upper(c.s_kk.to(torch.float64)).numpy(),
-                                     c.s_rk.to(torch.float64).numpy()) for layer, c in mine.items()}
+            # On the model's device: on a GPU, mask mode checks and masks there (round_client)
+            contributions = {layer: (pack_upper(c.s_kk.to(torch.float64)), c.s_rk.to(torch.float64))
+                             for layer, c in mine.items()}
             deltas = client.exchange_step(step, contributions, self.solver.solve)
             if client.sequential:
                 pending.extend(step)
@@ -195,6 +207,10 @@ class SyntheticEngine:
 
     npz keys: model_fingerprint (str), s_kk_<layer> (d_in x d_in, or packed), s_rk_<layer> (d_out x d_in).
     hparams and C0 come from the configuration, as for a real model (same fingerprints).
+
+    Memory: the statistics are memory-mapped (np.savez stores them uncompressed), C0 is read one
+    layer at a time (LazyC0), each ΔW goes to disk as soon as it is downloaded, and the model and
+    delta files are written a block of rows at a time: the engine holds no layer it is not working on.
     """
 
     def __init__(self, config, log_: logging.Logger = log):
@@ -202,54 +218,72 @@ class SyntheticEngine:
         self.hparams = load_hparams(config.hparams)
         if config.c0 == "embedded":
             raise ValueError("synthetic statistics need c0: a directory of MEMIT statistics")
-        self.c0 = load_c0_dir(config.c0, self.hparams)
-        with np.load(config.synthetic, allow_pickle=False) as data:
-            self.stats = {key: np.array(data[key]) for key in data.files}
+        self.c0 = LazyC0(c0_files(config.c0, self.hparams))
+        self.stats = memmap_npz(config.synthetic)
         self.fingerprints = {"model": str(self.stats["model_fingerprint"]),
                              "hparams": fingerprints.hparams_fingerprint(self.hparams),
                              "c0": fingerprints.c0_fingerprint(self.c0)}
+        self.c0.release()  # read again by an HE round's solve, one layer at a time
         self.state_file = config.state_dir / "synthetic_model.npz"
-        self.weights = self._load_weights()
+        self.spool_dir = Path(config.state_dir) / "spool"
         self.solver = local_solver(self.hparams, self.c0, config.state_dir, config.device)
 
-    def _load_weights(self) -> dict[int, np.ndarray]:
-        if self.state_file.is_file():
-            with np.load(self.state_file) as data:
-                return {int(k.removeprefix("w_")): np.array(data[k]) for k in data.files}
-        return {layer: np.zeros(self.stats[f"s_rk_{layer}"].shape) for layer in self.hparams.layers}
+    def weights(self) -> dict[int, np.ndarray]:
+        """The model: ΔW summed over completed rounds, per layer (memory-mapped; zeros before any)."""
+        saved = memmap_npz(self.state_file) if self.state_file.is_file() else {}
+        return {layer: saved[f"w_{layer}"] if f"w_{layer}" in saved else np.zeros(self.stats[f"s_rk_{layer}"].shape)
+                for layer in self.hparams.layers}
 
     def restore(self, results: list[dict]) -> str:
         return next((r.get("checkpoint_path", "") for r in reversed(results) if r.get("phase") == "COMPLETED"), "")
 
     def contribution(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
-        s_kk = self.stats[f"s_kk_{layer}"].astype(np.float64)
+        """(S_KK's packed upper triangle, S_RK) as float64, views of the file where it holds them so."""
+        s_kk = np.asarray(self.stats[f"s_kk_{layer}"], dtype=np.float64)
         s_kk = pack_upper(s_kk) if s_kk.ndim == 2 else s_kk
-        return np.asarray(s_kk), self.stats[f"s_rk_{layer}"].astype(np.float64)
+        return s_kk, np.asarray(self.stats[f"s_rk_{layer}"], dtype=np.float64)
 
     def run_round(self, client: RoundClient, edits, round_dir: Path) -> dict:
         seconds: dict[str, float] = {}
-        working = {layer: w.copy() for layer, w in self.weights.items()}
-        deltas: dict[int, np.ndarray] = {}
-        self.solver.discard()
-        for step in client.steps():
-            received = client.exchange_step(step, {layer: self.contribution(layer) for layer in step}, self.solver.solve)
+        client.spool_dir = client.spool_dir or self.spool_dir
+        pending = self.spool_dir / f"round-{client.round_id}"  # ΔW per layer as it arrives, until the checkpoint
+        pending.mkdir(mode=0o700, parents=True, exist_ok=True)
+        deltas: dict[int, Path] = {}
+
+        def keep(layer: int, delta: np.ndarray) -> Path:
             with _Clock(seconds, "apply"):
-                for layer, delta in received.items():
-                    working[layer] = working[layer] + delta
-                    deltas[layer] = delta
-            with _Clock(seconds, "report"):
-                for layer in step:
-                    client.report_applied(layer)
-        client.wait_finished()
-        self.solver.commit()
-        with _Clock(seconds, "checkpoint"):
-            round_dir.mkdir(parents=True, exist_ok=True)
-            np.savez(round_dir / "delta.npz", **{f"delta_{k}": v for k, v in deltas.items()})
-            np.savez(round_dir / "model.npz", **{f"w_{k}": v for k, v in working.items()})
-            tmp = self.state_file.with_suffix(".tmp.npz")
-            np.savez(tmp, **{f"w_{k}": v for k, v in working.items()})
-            tmp.replace(self.state_file)  # committed only now: a failed round never touches it
-        self.weights = working
+                path = pending / f"delta_{layer}.npy"
+                np.save(path, delta)
+                deltas[layer] = path
+                return path
+
+        self.solver.discard()
+        try:
+            for step in client.steps():
+                client.exchange_step(step, {layer: self.contribution(layer) for layer in step}, self.solver.solve,
+                                     on_delta=keep)
+                with _Clock(seconds, "report"):
+                    for layer in step:
+                        client.report_applied(layer)
+            client.wait_finished()
+            self.solver.commit()
+            with _Clock(seconds, "checkpoint"):
+                round_dir.mkdir(parents=True, exist_ok=True)
+                received = {layer: np.load(path, mmap_mode="r") for layer, path in sorted(deltas.items())}
+                base = self.weights()
+                write_npz(round_dir / "delta.npz", {f"delta_{k}": v for k, v in received.items()})
+                write_npz(round_dir / "model.npz", {f"w_{k}": RowSum(w, received.get(k)) for k, w in base.items()})
+                tmp = self.state_file.with_suffix(".tmp.npz")
+                write_npz(tmp, {f"w_{k}": RowSum(w, received.get(k)) for k, w in base.items()})
+                del received, base
+                tmp.replace(self.state_file)  # committed only now: a failed round never touches it
+        finally:
+            for path in deltas.values():
+                path.unlink(missing_ok=True)
+            try:
+                pending.rmdir()
+            except OSError:
+                pass
         return {"applied_layers": sorted(deltas), "checkpoint_path": str(round_dir / "model.npz"),
                 "delta_path": str(round_dir / "delta.npz"), "metrics": None, "stage_seconds": seconds}
 
@@ -260,9 +294,8 @@ def read_synthetic_delta(path: str | Path) -> dict[int, np.ndarray]:
 
 
 def write_synthetic_stats(path: str | Path, model_fingerprint: str, stats: dict[int, tuple]) -> Path:
-    """stats: layer -> (S_KK d_in x d_in, S_RK d_out x d_in); the npz a synthetic party reads."""
+    """stats: layer -> (S_KK d_in x d_in or packed, S_RK d_out x d_in); the npz a synthetic party reads."""
     arrays = {"model_fingerprint": np.array(model_fingerprint)}
     for layer, (s_kk, s_rk) in stats.items():
         arrays[f"s_kk_{layer}"], arrays[f"s_rk_{layer}"] = np.asarray(s_kk), np.asarray(s_rk)
-    np.savez(path, **arrays)
-    return Path(path)
+    return write_npz(path, arrays)

@@ -9,25 +9,32 @@
     client.wait_finished()                 # COMPLETED, or RoundAborted (FAILED / ROLLED_BACK)
 
 Everything a party sends is checked before it leaves: fixed-point overflow refuses the whole step
-before the first byte. Costs (seconds, bytes sent/received) are kept per stage in `client.stats`.
+before the first byte. Then each tensor is encoded, masked or encrypted a block at a time and
+streamed (through a spool file: the header carries the payload's sha256), and each ΔW is downloaded
+into an array of its size: beyond its statistics a party holds a block, not the step's payloads.
+Costs (seconds, bytes sent/received) are kept per stage in `client.stats`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import random
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import grpc
 import numpy as np
+import torch
 
+from collabedit_secure.blockio import drop_pages
 from collabedit_secure.protocol.encoding import Binding
-from collabedit_secure.protocol.fixedpoint import RoundNumerics
+from collabedit_secure.protocol.fixedpoint import FixedPointOverflowError, RoundNumerics
 from collabedit_secure.protocol.he import (
     Encryptor, HeError, HeParameters, aggregate_digest, check_encryptable, decrypt_payload, load_secret_context,
     new_secret_context, open_secret_context, public_context_bytes, seal_secret_context, secret_context_bytes,
@@ -35,10 +42,10 @@ from collabedit_secure.protocol.he import (
 from collabedit_secure.protocol.keys import (
     KeyAdvertisement, KeyAdvertisementError, RoundKeys, check_unique_keys, sign_advertisement, verify_advertisement,
 )
-from collabedit_secure.protocol.masking import masked_upload
 from collabedit_secure.protocol.recovery import share_index, split_round_secrets
 from collabedit_secure.protocol.shamir import Y_BYTES
 from collabedit_secure.protocol.sharebox import ShareBoxError, open_shares, seal_shares
+from collabedit_secure.protocol.streaming import BLOCK_WORDS, MaskedEncoder
 from collabedit_secure.rpc.generated import common_pb2 as cpb
 from collabedit_secure.rpc.generated import coordinator_pb2 as pb
 
@@ -99,6 +106,100 @@ def _sha(data) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+# ------------------------------------------------------------------ bounded memory: blocks, spools, sinks
+
+def _blocks(flat: np.ndarray, size: int = BLOCK_WORDS) -> Iterator[tuple[int, np.ndarray]]:
+    """(offset, view) of consecutive blocks of a flat array; a block's mapped file pages are dropped
+    once the caller is done with it (drop_pages)."""
+    for start in range(0, flat.size, size):
+        block = flat[start:start + size]
+        yield start, block
+        drop_pages(block)
+
+
+class _SpoolPayload:
+    """A payload written once, hashed as it is written, and read back as often as it is sent: a
+    private temporary file (0600, unlinked at once, so nothing is left behind by a crash)."""
+
+    def __init__(self, directory: str | Path | None):
+        self.directory = directory
+
+    def __enter__(self) -> "_SpoolPayload":
+        if self.directory is not None:
+            Path(self.directory).mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix=".collabedit-spool-", dir=self.directory)
+        os.unlink(path)
+        self._handle = os.fdopen(fd, "w+b")
+        self._hasher, self.total_bytes, self.sha256 = hashlib.sha256(), 0, b""
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.close()
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        self._handle.write(view)
+        self._hasher.update(view)
+        self.total_bytes += view.nbytes
+        return view.nbytes
+
+    def close_writing(self) -> None:
+        self._handle.flush()
+        self.sha256 = self._hasher.digest()
+
+    def chunks(self, size: int) -> Iterator[bytes]:
+        fd = self._handle.fileno()
+        for offset in range(0, self.total_bytes, size):
+            yield os.pread(fd, min(size, self.total_bytes - offset), offset)
+
+    def reader(self):
+        """The file from its start, for reading (a downloaded payload)."""
+        self._handle.flush()
+        self._handle.seek(0)
+        return self._handle
+
+
+class _ArrayPayload:
+    """Plain mode: the float64 values as little-endian bytes, hashed in one pass, sent in another."""
+
+    def __init__(self, flat: np.ndarray):
+        self.raw = np.ascontiguousarray(flat, dtype="<f8").reshape(-1).view(np.uint8)
+        hasher = hashlib.sha256()
+        for _, block in _blocks(self.raw, 8 * BLOCK_WORDS):
+            hasher.update(block)
+        self.sha256, self.total_bytes = hasher.digest(), int(self.raw.size)
+
+    def chunks(self, size: int) -> Iterator[bytes]:
+        for _, block in _blocks(self.raw, size):
+            yield block.tobytes()
+
+
+_Payload = _SpoolPayload | _ArrayPayload
+
+
+class _ArraySink:
+    """Takes a download's bytes, in order, into a preallocated array."""
+
+    def __init__(self, array: np.ndarray):
+        self.raw, self.offset = array.reshape(-1).view(np.uint8), 0
+
+    def write(self, data: bytes) -> None:
+        self.raw[self.offset:self.offset + len(data)] = np.frombuffer(data, dtype=np.uint8)
+        self.offset += len(data)
+
+
+def _float64_values(values, keep_on_gpu: bool):
+    """float64 values to encode. A CUDA tensor stays on its GPU in mask mode, where the CUDA kernels
+    check and mask it and only the masked words come to the host; otherwise host values, as a view
+    where they already are float64 (a memory-mapped file stays mapped)."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach()
+        if values.is_cuda and keep_on_gpu:
+            return values.to(torch.float64).contiguous()
+        values = values.cpu().numpy()
+    return np.ascontiguousarray(values, dtype=np.float64)
+
+
 class RoundClient:
     """One round of one party. Make a new RoundClient for every round (keys are per round)."""
 
@@ -106,7 +207,7 @@ class RoundClient:
                  log: logging.Logger | None = None, *, party_id: str | None = None, insecure: bool = False,
                  rpc_timeout_s: float = 30.0, join_deadline_s: float = 60.0, phase_timeout_s: float = 600.0,
                  retries: int = 5, sleep: Callable[[float], None] = time.sleep, stall: str | None = None,
-                 he_workers: int = 1):
+                 he_workers: int = 1, spool_dir: str | Path | None = None):
         self.stub, self.identity, self.ca_pem = stub, identity, ca_pem
         self.federation_id, self.fingerprints = federation_id, fingerprints
         self.log = log or logging.getLogger(__name__)
@@ -127,6 +228,9 @@ class RoundClient:
         self.he_ctx = None  # HE mode: the round's secret CKKS context, from the dealer
         self.he_digest_key = b""
         self.he_workers = he_workers
+        # Where masked words and ciphertexts wait between encoding and upload (and downloaded
+        # ciphertexts before decryption), one tensor at a time; None: the system's temporary folder.
+        self.spool_dir = spool_dir
         self.aggregate_digests: dict[int, bytes] = {}  # HE mode: layer -> HMAC of the decrypted sums
         self.steps_done = 0
         # Tests only: "before_upload:K" / "after_upload:K" hangs at that point of step K, so that a test
@@ -385,9 +489,16 @@ class RoundClient:
 
     def exchange_step(self, step_layers: dict[int, str], contributions: dict[int, tuple[np.ndarray, np.ndarray]],
                       solve: Callable[[int, str, np.ndarray, np.ndarray], np.ndarray] | None = None,
-                      ) -> dict[int, np.ndarray]:
+                      on_delta: Callable[[int, np.ndarray], object] | None = None) -> dict[int, object]:
         """Upload this step's statistics, take part in unmasking, download ΔW per layer.
-        HE mode: download the encrypted sums instead and solve(layer, module, S_KK upper, S_RK) -> ΔW."""
+        HE mode: download the encrypted sums instead and solve(layer, module, S_KK upper, S_RK) -> ΔW.
+
+        Memory: every value of the step is checked first (nothing is sent if one would overflow),
+        then each tensor is encoded, masked or encrypted a block at a time and streamed, so the
+        party holds one block of it, not the step's payloads. Contributions may be memory-mapped
+        (read-only np.memmap): their pages leave this process's resident set once read. Each ΔW
+        is downloaded into an array of its size; with on_delta(layer, ΔW) it is handed over as soon
+        as it is verified and the step returns {layer: what on_delta returned} instead of the arrays."""
         if set(contributions) != set(step_layers):
             raise ValueError(f"contributions for layers {sorted(contributions)}, the step has {sorted(step_layers)}")
         if self.he_mode and solve is None:
@@ -396,20 +507,26 @@ class RoundClient:
         layer = next(iter(step_layers)) if self.sequential else None
         self._wait(lambda s: s.phase == PHASE.ROUND_PHASE_UPLOADING and (layer is None or s.current_layer == layer),
                    "wait", f"uploads of step {self.steps_done}")
-        payloads = self._encode(step_layers, contributions, specs)  # every tensor, before anything is sent
+        tensors = self._check_step(step_layers, contributions, specs)  # every value, before anything is sent
         self._maybe_stall("before_upload")
-        for (lay, tensor), (shape, encoding, data) in payloads.items():
-            self._upload(lay, tensor, shape, encoding, data)
+        encryptor = Encryptor(self.he_ctx, self.he_params, self.he_workers) if self.he_mode else None
+        try:
+            for lay, tensor, shape, values in tensors:
+                self._send(lay, tensor, shape, values, encryptor)
+        finally:
+            if encryptor is not None:
+                encryptor.close()
         self._maybe_stall("after_upload")
         if self.mask_mode and self.steps_done == 0:
             self._unmask(layer)
         self._wait(lambda s: s.phase in (PHASE.ROUND_PHASE_DOWNLOADING, PHASE.ROUND_PHASE_COMPLETED)
                    and (layer is None or s.current_layer == layer or layer in s.layers_completed),
                    "wait", f"the solve of step {self.steps_done}")
-        if self.he_mode:
-            deltas = {lay: self._solve_he(specs[lay], step_layers[lay], solve) for lay in step_layers}
-        else:
-            deltas = {lay: self._download(specs[lay]) for lay in step_layers}
+        deltas = {}
+        for lay in step_layers:
+            delta = self._solve_he(specs[lay], step_layers[lay], solve) if self.he_mode else self._download(specs[lay])
+            deltas[lay] = delta if on_delta is None else on_delta(lay, delta)
+            del delta
         self.steps_done += 1
         return deltas
 
@@ -418,22 +535,31 @@ class RoundClient:
             self.log.warning("TEST STALL at %s of step %d", point, self.steps_done)
             time.sleep(3600)
 
-    def _encode(self, step_layers, contributions, specs) -> dict:
-        if self.he_mode:
-            return self._encrypt(step_layers, contributions, specs)
-        numerics = RoundNumerics(len(self.params.roster), self.params.scale_bits, self.params.per_party_bound) \
-            if self.mask_mode else None
-        out = {}
-        with _Timer(self.stats, "mask"):
-            for lay, tensor, shape, values in self._checked_contributions(step_layers, contributions, specs):
-                if self.mask_mode:
-                    binding = Binding(self.federation_id, self.round_id, lay, tensor, shape)
-                    words = masked_upload(values, numerics, binding, self.me, self.keys, self.peer_mask_keys)
-                    data, encoding = words.astype("<u8", copy=False).tobytes(), cpb.ENCODING_RING_U64_LE
-                else:
-                    data, encoding = values.astype("<f8", copy=False).tobytes(), cpb.ENCODING_FLOAT64_LE
-                out[(lay, tensor)] = (shape, encoding, data)
-        return out
+    def _numerics(self) -> RoundNumerics:
+        return RoundNumerics(len(self.params.roster), self.params.scale_bits, self.params.per_party_bound)
+
+    def _check_step(self, step_layers, contributions, specs) -> list[tuple]:
+        """(layer, tensor, shape, float64 values) of the step once every value is known to encode
+        (mask: the fixed-point bound; he: the CKKS bound): a refusal here has sent nothing."""
+        tensors = list(self._checked_contributions(step_layers, contributions, specs))
+        if self.mask_mode:
+            numerics = self._numerics()
+            stage, check = "mask", lambda lay, tensor, values: numerics.check_encodable(tensor, values)
+        elif self.he_mode:
+            bound = self.params.he.per_party_bound
+            stage, check = "encrypt", lambda lay, tensor, values: check_encryptable(f"layer {lay} {tensor}", values,
+                                                                                  bound)
+        else:
+            return tensors  # plain: the coordinator refuses non-finite values itself
+        with _Timer(self.stats, stage):
+            for lay, tensor, _, values in tensors:
+                for _, block in _blocks(values.reshape(-1)):
+                    try:
+                        check(lay, tensor, block)
+                    except FixedPointOverflowError:
+                        check(lay, tensor, values)  # the same refusal, its index in the whole tensor
+                        raise
+        return tensors
 
     def _checked_contributions(self, step_layers, contributions, specs):
         """(layer, tensor, expected shape, float64 values) for every tensor of the step, shapes checked."""
@@ -443,38 +569,49 @@ class RoundClient:
                 raise RoundError(f"layer {lay} is not in round {self.round_id}")
             want = {"TENSOR_S_KK_UPPER": (spec.d_in * (spec.d_in + 1) // 2,), "TENSOR_S_RK": (spec.d_out, spec.d_in)}
             for tensor, values in zip(TENSORS, contributions[lay]):
-                values = np.ascontiguousarray(values, dtype=np.float64)
-                if values.shape != want[tensor]:
+                values = _float64_values(values, keep_on_gpu=self.mask_mode)
+                if tuple(values.shape) != want[tensor]:
                     raise ValueError(f"layer {lay} {tensor}: shape {values.shape}, the round expects {want[tensor]}")
                 yield lay, tensor, want[tensor], values
 
-    def _encrypt(self, step_layers, contributions, specs) -> dict:
-        """HE mode: every value checked against the bound first, then CKKS-encrypted (nothing sent yet)."""
-        tensors = list(self._checked_contributions(step_layers, contributions, specs))
-        bound = self.params.he.per_party_bound
-        for lay, tensor, _, values in tensors:
-            check_encryptable(f"layer {lay} {tensor}", values, bound)
-        encryptor = Encryptor(self.he_ctx, self.he_params, self.he_workers)
-        try:
-            with _Timer(self.stats, "encrypt"):
-                return {(lay, tensor): (shape, cpb.ENCODING_CKKS, encryptor.encrypt(values))
-                        for lay, tensor, shape, values in tensors}
-        finally:
-            encryptor.close()
+    def _send(self, lay: int, tensor: str, shape, values: np.ndarray, encryptor) -> None:
+        """Encodes one checked tensor a block at a time and uploads it. Masked words and ciphertexts
+        go to a spool file first (the header carries the whole payload's sha256, and a retried
+        upload resends the same bytes); plain values are read twice from the array instead."""
+        flat = values.reshape(-1)
+        if not (self.mask_mode or self.he_mode):
+            with _Timer(self.stats, "mask"):  # plain mode's encoding: float64 bytes, hashed
+                payload = _ArrayPayload(flat)
+            self._upload(lay, tensor, shape, cpb.ENCODING_FLOAT64_LE, payload)
+            return
+        with _SpoolPayload(self.spool_dir) as payload:
+            if self.mask_mode:
+                with _Timer(self.stats, "mask"):
+                    encoder = MaskedEncoder(self._numerics(), Binding(self.federation_id, self.round_id, lay, tensor,
+                                                                      shape), self.me, self.keys, self.peer_mask_keys)
+                    for offset, block in _blocks(flat):
+                        payload.write(encoder.encode(block, offset).astype("<u8", copy=False))
+                encoding = cpb.ENCODING_RING_U64_LE
+            else:
+                with _Timer(self.stats, "encrypt"):
+                    encryptor.encrypt_to(flat, payload, done=drop_pages)
+                encoding = cpb.ENCODING_CKKS
+            payload.close_writing()
+            self._upload(lay, tensor, shape, encoding, payload)
 
-    def _upload(self, layer: int, tensor: str, shape, encoding: int, data: bytes) -> None:
-        digest, chunk = _sha(data), self.params.chunk_bytes or (1 << 20)
+    def _upload(self, layer: int, tensor: str, shape, encoding: int, payload: "_Payload") -> None:
+        total, digest, chunk = payload.total_bytes, payload.sha256, self.params.chunk_bytes or (1 << 20)
         header = cpb.PayloadHeader(round_id=self.round_id, layer=layer, tensor=cpb.Tensor.Value(tensor),
-                                   shape=list(shape), encoding=encoding, total_bytes=len(data), sha256=digest)
-        view = memoryview(data)
+                                   shape=list(shape), encoding=encoding, total_bytes=total, sha256=digest)
 
         def messages() -> Iterator:
             yield pb.UploadContributionRequest(header=header)
-            for offset in range(0, len(data), chunk):
-                piece = bytes(view[offset:offset + chunk])
+            offset = 0
+            for piece in payload.chunks(chunk):
                 yield pb.UploadContributionRequest(chunk=cpb.PayloadChunk(offset=offset, data=piece, sha256=_sha(piece)))
+                offset += len(piece)
 
-        sent = header.ByteSize() + len(data) + 48 * (len(data) // chunk + 1)  # payload + framing, roughly
+        sent = header.ByteSize() + total + 48 * (total // chunk + 1)  # payload + framing, roughly
         with _Timer(self.stats, "upload"):
             for attempt in range(self.retries + 1):
                 try:
@@ -535,68 +672,95 @@ class RoundClient:
                 out.append(pb.RevealedShare(owner_party_id=owner, kind=kind, x=x, y=share.y.to_bytes(Y_BYTES, "big")))
         return out
 
-    def _stream(self, method: str, make_request: Callable[[int], object], what: str) -> tuple:
-        """(header, payload) of a chunked download; a cut stream resumes at the bytes already received."""
-        received, header, attempt = bytearray(), None, 0
+    def _stream(self, method: str, make_request: Callable[[int], object], what: str, open_sink: Callable) -> bytes:
+        """A chunked download written, as it arrives, to open_sink(header) (called once, with the first
+        header; .write(bytes) takes the payload in order); a cut stream resumes at the bytes already
+        received. Returns the payload's sha256, checked against the header."""
+        received, header, sink, hasher, attempt = 0, None, None, hashlib.sha256(), 0
         with _Timer(self.stats, "download"):
             while True:
                 try:
-                    stream = getattr(self.stub, method)(make_request(len(received)), timeout=self.phase_timeout_s,
+                    stream = getattr(self.stub, method)(make_request(received), timeout=self.phase_timeout_s,
                                                         metadata=self.metadata)
                     for message in stream:
                         self.stats.add("download", received=message.ByteSize())
                         if message.HasField("header"):
-                            header = message.header
+                            if header is None:
+                                header, sink = message.header, open_sink(message.header)
+                            elif (message.header.sha256, message.header.total_bytes) != (header.sha256,
+                                                                                          header.total_bytes):
+                                raise RoundError(f"{what}: the payload changed while it was downloaded")
                             continue
                         chunk = message.chunk
-                        if chunk.offset != len(received) or _sha(chunk.data) != chunk.sha256:
+                        if sink is None or chunk.offset != received or _sha(chunk.data) != chunk.sha256:
                             raise RoundError(f"{what}: bad chunk at offset {chunk.offset}")
-                        received += chunk.data
+                        if received + len(chunk.data) > header.total_bytes:
+                            raise RoundError(f"{what}: more than the {header.total_bytes} bytes its header announced")
+                        sink.write(chunk.data)
+                        hasher.update(chunk.data)
+                        received += len(chunk.data)
                     break
                 except grpc.RpcError as error:
                     if error.code() not in RETRYABLE or attempt == self.retries:
                         raise
-                    self.log.warning("download of %s cut at %d bytes (%s); resuming", what, len(received),
+                    self.log.warning("download of %s cut at %d bytes (%s); resuming", what, received,
                                      error.code().name)
                     self.sleep(self._backoff(attempt))
                     attempt += 1
         if header is None:
             raise RoundError(f"{what}: the download has no header")
-        if len(received) != header.total_bytes or _sha(bytes(received)) != header.sha256:
+        if received != header.total_bytes or hasher.digest() != header.sha256:
             raise RoundError(f"{what}: payload is incomplete or its sha256 does not match")
-        return header, bytes(received)
+        return header.sha256
 
     def _download(self, spec) -> np.ndarray:
-        """ΔW of one layer (mask and plain modes)."""
-        header, payload = self._stream("DownloadUpdate", lambda offset: pb.DownloadUpdateRequest(
-            round_id=self.round_id, layer=spec.layer, start_offset=offset), f"ΔW of layer {spec.layer}")
+        """ΔW of one layer (mask and plain modes), written straight into an array of its size."""
         shape = (spec.d_out, spec.d_in)
-        if tuple(header.shape) != shape or header.encoding != cpb.ENCODING_FLOAT64_LE:
-            raise RoundError(f"layer {spec.layer}: ΔW header is not float64 {shape}")
-        self.digests[spec.layer] = header.sha256
-        return np.frombuffer(payload, dtype="<f8").astype(np.float64).reshape(shape)
+        delta = np.empty(shape, dtype=np.float64)
+        what = f"ΔW of layer {spec.layer}"
+
+        def open_sink(header):
+            if tuple(header.shape) != shape or header.encoding != cpb.ENCODING_FLOAT64_LE \
+                    or header.total_bytes != delta.nbytes:
+                raise RoundError(f"layer {spec.layer}: ΔW header is not float64 {shape}")
+            return _ArraySink(delta)
+
+        self.digests[spec.layer] = self._stream("DownloadUpdate", lambda offset: pb.DownloadUpdateRequest(
+            round_id=self.round_id, layer=spec.layer, start_offset=offset), what, open_sink)
+        if sys.byteorder != "little":
+            delta.byteswap(inplace=True)
+        return delta
 
     def _solve_he(self, spec, module: str, solve) -> np.ndarray:
-        """HE mode: download both encrypted sums, decrypt, and solve ΔW here."""
+        """HE mode: download both encrypted sums (to a spool file, a ciphertext at a time), decrypt
+        them into arrays of their size, and solve ΔW here."""
         sums = []
         for tensor, n_values in (("TENSOR_S_KK_UPPER", spec.d_in * (spec.d_in + 1) // 2),
                                  ("TENSOR_S_RK", spec.d_out * spec.d_in)):
             code = cpb.Tensor.Value(tensor)
-            header, payload = self._stream("DownloadAggregate", lambda offset, code=code: pb.DownloadAggregateRequest(
-                round_id=self.round_id, layer=spec.layer, tensor=code, start_offset=offset),
-                f"encrypted {tensor} of layer {spec.layer}")
-            if header.encoding != cpb.ENCODING_CKKS:
-                raise RoundError(f"layer {spec.layer} {tensor}: the encrypted sum is not ENCODING_CKKS")
-            with _Timer(self.stats, "decrypt"):
-                try:
-                    sums.append(decrypt_payload(self.he_ctx, self.he_params, io.BytesIO(payload), n_values))
-                except HeError as error:
-                    raise RoundError(f"layer {spec.layer} {tensor}: {error}") from None
+            what = f"encrypted {tensor} of layer {spec.layer}"
+
+            def open_sink(header, spool=None, tensor=tensor):
+                if header.encoding != cpb.ENCODING_CKKS:
+                    raise RoundError(f"layer {spec.layer} {tensor}: the encrypted sum is not ENCODING_CKKS")
+                return spool
+
+            with _SpoolPayload(self.spool_dir) as spool:
+                self._stream("DownloadAggregate", lambda offset, code=code: pb.DownloadAggregateRequest(
+                    round_id=self.round_id, layer=spec.layer, tensor=code, start_offset=offset), what,
+                    lambda header: open_sink(header, spool))
+                with _Timer(self.stats, "decrypt"):
+                    try:
+                        sums.append(decrypt_payload(self.he_ctx, self.he_params, spool.reader(), n_values,
+                                                    out=np.empty(n_values, dtype=np.float64)))
+                    except HeError as error:
+                        raise RoundError(f"layer {spec.layer} {tensor}: {error}") from None
         s_kk, s_rk = sums[0], sums[1].reshape(spec.d_out, spec.d_in)
         self.aggregate_digests[spec.layer] = aggregate_digest(self.he_digest_key, spec.layer, (s_kk, s_rk))
         with _Timer(self.stats, "solve"):
             delta = np.ascontiguousarray(solve(spec.layer, module, s_kk, s_rk), dtype=np.float64)
-        self.digests[spec.layer] = _sha(delta.astype("<f8", copy=False).tobytes())
+        del sums, s_kk, s_rk
+        self.digests[spec.layer] = _sha(delta.astype("<f8", copy=False))
         return delta
 
     # ------------------------------------------------------------------ after the step

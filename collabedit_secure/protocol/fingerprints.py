@@ -32,5 +32,5 @@ def c0_fingerprint(c0: dict[str, torch.Tensor]) -> str:
     for name in sorted(c0):
         matrix = c0[name].detach().to(torch.float64).contiguous().cpu()
         hasher.update(name.encode() + b"\0" + repr(tuple(matrix.shape)).encode())
-        hasher.update(matrix.numpy().tobytes())
+        hasher.update(matrix.numpy())  # the buffer itself: no copy of a d x d matrix
     return hasher.hexdigest()

@@ -115,19 +115,34 @@ class RoundNumerics:
     def check_encodable(self, name: str, values: np.ndarray) -> None:
         """Raises FixedPointOverflowError naming the tensor, the first bad index, the value and
         the bound if any value is NaN/Inf or |round(v * 2^f)| > bound. Call before sending."""
+        scale = math.ldexp(1.0, self.scale_bits)
+        # Encoded values are integer-valued floats, so x <= bound  <=>  x <= largest float <= bound.
+        limit = _largest_float_at_most(self.bound)
+        if getattr(values, "is_cuda", False):  # a torch CUDA tensor: checked on its GPU, same arithmetic
+            self._check_on_gpu(name, values, scale, limit)
+            return
         values = np.asarray(values)
         if values.dtype.kind != "f":
             raise TypeError(f"{name} must be a float array, got dtype {values.dtype}")
         flat = values.reshape(-1)
-        scale = math.ldexp(1.0, self.scale_bits)
-        # Encoded values are integer-valued floats, so x <= bound  <=>  x <= largest float <= bound.
-        limit = _largest_float_at_most(self.bound)
         for start in range(0, flat.size, _CHECK_CHUNK):
             chunk = flat[start : start + _CHECK_CHUNK].astype(np.float64, copy=False)
             with np.errstate(over="ignore", invalid="ignore"):
                 bad = ~(np.abs(np.rint(chunk * scale)) <= limit)  # NaN compares False: caught too
             if bad.any():
                 self._raise(name, values, start + int(np.flatnonzero(bad)[0]))
+
+    def _check_on_gpu(self, name: str, values, scale: float, limit: float) -> None:
+        import torch
+
+        if not values.is_floating_point():
+            raise TypeError(f"{name} must be a float array, got dtype {values.dtype}")
+        flat = values.detach().reshape(-1)
+        for start in range(0, flat.numel(), _CHECK_CHUNK):
+            chunk = flat[start : start + _CHECK_CHUNK].to(torch.float64)
+            bad = ~(torch.abs(torch.round(chunk * scale)) <= limit)  # round half to even, as np.rint
+            if bool(bad.any()):
+                self._raise(name, values.detach(), start + int(torch.nonzero(bad)[0, 0]))
 
     def _raise(self, name: str, values: np.ndarray, flat_index: int) -> None:
         value = float(values.reshape(-1)[flat_index])

@@ -37,13 +37,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import math
 import os
 import struct
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -230,27 +232,41 @@ def open_secret_context(federation_id: str, round_id: int, dealer: str, recipien
 
 
 def aggregate_digest(digest_key: bytes, layer: int, sums: Iterable[np.ndarray]) -> bytes:
-    """HMAC-SHA256 over (layer, each decrypted sum as float64 little-endian): compared across parties."""
+    """HMAC-SHA256 over (layer, each decrypted sum as float64 little-endian): compared across parties.
+    Fed a block at a time: no copy of a sum is made."""
     mac = hmac.new(digest_key, encode_fields(layer), hashlib.sha256)
     for values in sums:
-        mac.update(np.ascontiguousarray(values, dtype="<f8").tobytes())
+        flat = np.ravel(values)
+        for start in range(0, flat.size, _CHECK_BLOCK):
+            mac.update(np.ascontiguousarray(flat[start:start + _CHECK_BLOCK], dtype="<f8"))
     return mac.digest()
 
 
 # ------------------------------------------------------------------------------------------ payloads
 
 
+_CHECK_BLOCK = 1 << 17  # values per pass of check_encryptable and aggregate_digest: bounded extra memory
+
+
 def check_encryptable(name: str, values: np.ndarray, bound: float) -> None:
-    """Refuses NaN/Inf and values above the per-party bound before anything is encrypted or sent."""
+    """Refuses NaN/Inf and values above the per-party bound before anything is encrypted or sent.
+    Reads a block at a time, so checking a tensor costs no memory of the tensor's size."""
     flat = np.ravel(values)
-    bad = np.flatnonzero(~np.isfinite(flat) | (np.abs(flat) > bound))
-    if bad.size:
-        index = tuple(int(i) for i in np.unravel_index(int(bad[0]), values.shape))
-        value = float(flat[bad[0]])
-        raise FixedPointOverflowError(
-            f"{name}[{', '.join(map(str, index))}] = {value!r} is not finite or above the HE round's per-party "
-            f"bound {bound:g} (the sum must stay decryptable at its scale); nothing was sent",
-            name, index, value, int(bound))
+    for start in range(0, flat.size, _CHECK_BLOCK):
+        block = flat[start:start + _CHECK_BLOCK]
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(~(np.abs(block) <= bound))  # NaN compares False: caught too
+        if bad.size:
+            _refuse_value(name, values, flat, start + int(bad[0]), bound)
+
+
+def _refuse_value(name: str, values: np.ndarray, flat: np.ndarray, position: int, bound: float) -> None:
+    index = tuple(int(i) for i in np.unravel_index(position, np.shape(values)))
+    value = float(flat[position])
+    raise FixedPointOverflowError(
+        f"{name}[{', '.join(map(str, index))}] = {value!r} is not finite or above the HE round's per-party "
+        f"bound {bound:g} (the sum must stay decryptable at its scale); nothing was sent",
+        name, index, value, int(bound))
 
 
 _worker_ctx = None
@@ -273,23 +289,58 @@ def _encrypt_span(values: np.ndarray, slots: int, ctx=None) -> bytes:
 
 class Encryptor:
     """Encrypts flat float64 arrays into framed payloads; `workers` > 1 uses that many processes
-    (TenSEAL holds the GIL while it encrypts, so threads would not run in parallel)."""
+    (TenSEAL holds the GIL while it encrypts, so threads would not run in parallel).
+
+    `encrypt_to` streams the payload into a binary file object a few ciphertexts at a time, so a
+    tensor's ciphertexts (4 times its float64 bytes) are never held together; `encrypt` returns it."""
+
+    SPAN_BLOCKS = 8  # ciphertexts encrypted per task (about 1 MB of payload at N = 8192)
 
     def __init__(self, ctx, params: HeParameters, workers: int = 1):
         self.ctx, self.params, self.workers = ctx, params, max(1, int(workers))
         self._pool = None
 
     def encrypt(self, values: np.ndarray) -> bytes:
-        flat = np.ascontiguousarray(values, dtype=np.float64).ravel()
-        blocks = self.params.block_count(flat.size)
-        if self.workers == 1 or blocks < 4 * self.workers:
-            return _encrypt_span(flat, self.params.slots, self.ctx)
+        out = io.BytesIO()
+        self.encrypt_to(values, out)
+        return out.getvalue()
+
+    def encrypt_to(self, values: np.ndarray, handle: BinaryIO,
+                   done: Callable[[np.ndarray], None] | None = None) -> int:
+        """Writes the framed payload of values (flattened) to handle; returns its length in bytes.
+        Blocks are cut at the same places as in one pass, whatever the workers and spans; done(span)
+        is called with each span of values once its ciphertexts are written."""
+        flat = np.ravel(values)
+        per = self.SPAN_BLOCKS * self.params.slots
+        spans = (flat[start:start + per] for start in range(0, flat.size, per))
+        written = 0
+        if self.workers == 1 or self.params.block_count(flat.size) < 4 * self.workers:
+            for span in spans:
+                written += handle.write(_encrypt_span(np.ascontiguousarray(span, dtype=np.float64),
+                                                      self.params.slots, self.ctx))
+                if done is not None:
+                    done(span)
+            return written
         if self._pool is None:  # spawn: a forked copy of a gRPC process is not safe
             self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=_init_worker,
                                              initargs=(secret_context_bytes(self.ctx), self.params.scale_bits))
-        per = math.ceil(blocks / (4 * self.workers)) * self.params.slots  # a few spans per worker
-        spans = [flat[start:start + per] for start in range(0, flat.size, per)]
-        return b"".join(self._pool.map(_encrypt_span, spans, [self.params.slots] * len(spans)))
+        pending: deque = deque()  # at most 2 spans per worker in flight: bounded memory, busy workers
+
+        def write_oldest() -> int:
+            future, span = pending.popleft()
+            count = handle.write(future.result())
+            if done is not None:
+                done(span)
+            return count
+
+        for span in spans:
+            pending.append((self._pool.submit(_encrypt_span, np.ascontiguousarray(span, dtype=np.float64),
+                                              self.params.slots), span))
+            if len(pending) >= 2 * self.workers:
+                written += write_oldest()
+        while pending:
+            written += write_oldest()
+        return written
 
     def close(self) -> None:
         if self._pool is not None:
@@ -347,9 +398,15 @@ def summed_blocks(ctx, params: HeParameters, n_values: int, old: BinaryIO | None
         raise HeError(f"{what}: {count} blocks, {n_values} values need {len(sizes)}")
 
 
-def decrypt_payload(ctx, params: HeParameters, handle: BinaryIO, n_values: int) -> np.ndarray:
+def decrypt_payload(ctx, params: HeParameters, handle: BinaryIO, n_values: int,
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """The n_values decrypted from a framed payload, read a ciphertext at a time from handle (into
+    `out`, a preallocated flat float64 array of n_values, if given)."""
     sizes = params.block_sizes(n_values)
-    out = np.empty(n_values, dtype=np.float64)
+    if out is None:
+        out = np.empty(n_values, dtype=np.float64)
+    elif out.shape != (n_values,) or out.dtype != np.float64:
+        raise ValueError(f"out must be a flat float64 array of {n_values} values, got {out.dtype} {out.shape}")
     position = 0
     for index, blob in enumerate(iter_blocks(handle)):
         if index >= len(sizes):

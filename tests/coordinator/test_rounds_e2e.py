@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from collabedit_secure.coordinator.config import load_config
+from collabedit_secure.kernels import pack_upper
 from collabedit_secure.rpc.generated import common_pb2 as pb, coordinator_pb2 as cpb
 
 from .harness import (LAYERS, Party, expected_delta, finish_step, party_statistics, prepare, relative_error,
@@ -49,11 +50,12 @@ def run_round(tmp_path, pki, stats, privacy, schedule):
         expected = expected_delta(config, list(data.values()))
         for layer in LAYERS:
             assert relative_error(deltas[layer], expected[layer].numpy()) <= 1e-9
-        # C_acc now holds lambda * S_KK of round 1 (the dynamic covariance of the next round).
+        # C_acc now holds lambda * S_KK of round 1 (the dynamic covariance of the next round), stored
+        # as its packed upper triangle.
         store = running.rounds.store
         row = store.query("SELECT path FROM c_acc WHERE module = ?", "transformer.h.0.mlp.c_proj")[0]
-        c_acc = np.fromfile(store.path(row["path"]), "<f8").reshape(8, 8)
-        assert np.allclose(c_acc, 2.0 * sum(d[0][0] for d in data.values()), rtol=1e-9)
+        c_acc = np.fromfile(store.path(row["path"]), "<f8")
+        assert np.allclose(c_acc, pack_upper(2.0 * sum(d[0][0] for d in data.values())), rtol=1e-9)
         # The next round is open; a replay into round 1 is refused as over.
         assert parties[0].stub.GetRound(cpb.GetRoundRequest()).status.round_id == 2
         with pytest.raises(grpc.RpcError) as err:

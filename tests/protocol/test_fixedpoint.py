@@ -5,6 +5,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+import torch
 
 from collabedit_secure.kernels import mask_decode, mask_encode, safe_bound
 from collabedit_secure.protocol.fixedpoint import (
@@ -128,3 +129,17 @@ def test_error_budget_holds_and_is_tight(f):
         worst = max(worst, float(error))
     if f == 8:
         assert worst > 0.5 * n * 2.0 ** -(f + 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no usable GPU (torch.cuda.is_available())")
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e30])
+def test_a_gpu_tensor_is_checked_on_the_gpu_with_the_same_refusal(bad):
+    numerics = RoundNumerics.for_parties(3)
+    values = np.zeros((4, 5))
+    values[2, 3] = bad
+    with pytest.raises(FixedPointOverflowError) as on_host:
+        numerics.check_encodable("t", values)
+    with pytest.raises(FixedPointOverflowError) as on_gpu:
+        numerics.check_encodable("t", torch.from_numpy(values).cuda())
+    assert str(on_gpu.value) == str(on_host.value) and on_gpu.value.index == (2, 3)
+    numerics.check_encodable("t", torch.zeros(4, 5, dtype=torch.float64, device="cuda"))  # nothing to refuse
