@@ -100,7 +100,7 @@ class PartyWorker:
 class EditResult:
     delta: EditDelta
     s_kk: dict[str, torch.Tensor]  # aggregated K Kᵀ per module, for C_acc += λ S_KK
-    contributions: list[dict[int, LayerContribution]]  # per party, per layer (sums; factors if kept)
+    contributions: list[dict[int, LayerContribution]]  # per party, per layer, if asked for (else empty)
     targets: list[torch.Tensor]  # per party, Z (hidden x n_i, float64): what the edit asked for
     lambdas: dict[str, float]  # lambda per module, for C_acc += λ S_KK
 
@@ -144,8 +144,12 @@ def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0
          schedule: str = "sequential", c_acc: dict | None = None, templates: list[list[str]] | None = None,
          aggregate: Aggregate = sum_contributions, keep_factors: bool = False,
          stats_files: dict | None = None, target_cache: TargetCache | None = None,
-         exchange: Exchange | None = None) -> EditResult:
+         exchange: Exchange | None = None, keep_contributions: bool = False) -> EditResult:
     """One round of collaborative MEMIT; the model is left exactly as it was, the update is returned.
+
+    `keep_contributions` keeps every party's per-layer sums (and factors, with keep_factors) in the
+    result, for tests and analysis: parties x layers d_in x d_in matrices. By default each is
+    dropped once its layer is solved, so memory stays at one layer's worth, however many layers.
 
     `schedule` is "sequential" (true MEMIT, the default as in the CLI) or "parallel" (CollabEdit's code).
 
@@ -192,9 +196,10 @@ def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0
         if exchange is None:
             exchange = _local_exchange(c0, c_acc, lam, aggregate)
         if schedule == "parallel":
-            updates, s_kk, kept = _run_parallel(workers, layers, names, exchange)
+            updates, s_kk, kept = _run_parallel(workers, layers, names, exchange, keep_contributions)
         else:
-            updates, s_kk, kept = _run_sequential(model, adapter, workers, originals, names, exchange)
+            updates, s_kk, kept = _run_sequential(model, adapter, workers, originals, names, exchange,
+                                                  keep_contributions)
     finally:
         with torch.no_grad():  # never leave the shared model edited
             for layer, weight in originals.items():
@@ -241,13 +246,13 @@ def _local_exchange(c0, c_acc, lam, aggregate) -> Exchange:
     return exchange
 
 
-def _run_parallel(workers, layers, names, exchange: Exchange):
+def _run_parallel(workers, layers, names, exchange: Exchange, keep: bool):
     """All layers' contributions on the unedited model, then one exchange for all layers."""
     per_party = [w.contributions(list(range(len(layers)))) for w in workers]
     solved = exchange(dict(zip(layers, names)), per_party)
     updates = {name: solved[name][0] for name in names}
     s_kk = {name: solved[name][1] for name in names if solved[name][1] is not None}
-    return updates, s_kk, per_party
+    return updates, s_kk, per_party if keep else []
 
 
 @torch.no_grad()
@@ -257,11 +262,11 @@ def _apply_layer(model, adapter, layer, originals, update) -> None:
     weight.copy_(originals[layer] + update.to(weight.dtype).to(weight.device))
 
 
-def _run_sequential(model, adapter, workers, originals, names, exchange: Exchange):
+def _run_sequential(model, adapter, workers, originals, names, exchange: Exchange, keep: bool):
     """Layer-synchronous rounds: every party on the current weights, exchange, apply, next layer."""
     layers = workers[0].hp.layers
     updates, s_kk = {}, {}
-    per_party = [{} for _ in workers]
+    per_party = [{} for _ in workers] if keep else []
     for i, (layer, name) in enumerate(zip(layers, names)):
         contributions = [w.contributions([i]) for w in workers]
         for store, contribution in zip(per_party, contributions):

@@ -68,9 +68,10 @@ def check_invariants(model, tok, requests, hp, schedule: str, n_parties: int, se
     # The parties and global editing each optimise their own targets; the references below reuse
     # global editing's (compute_z is the slow part, and the same function either way).
     targets = TargetCache()
-    collab = edit(model, tok, parties, hp, c0, schedule=schedule, templates=templates, keep_factors=True)
+    collab = edit(model, tok, parties, hp, c0, schedule=schedule, templates=templates, keep_factors=True, keep_contributions=True)
     everyone = edit(model, tok, [list(requests)], hp, c0, schedule=schedule, templates=templates,
                     target_cache=targets)
+    assert everyone.contributions == [] and len(collab.contributions) == n_parties  # kept only when asked
     for name, update in everyone.delta.weights.items():  # invariants 1 and 2
         assert update.abs().max() > 0
         assert rel_err(collab.delta.weights[name], update) <= TOL, name
@@ -78,7 +79,7 @@ def check_invariants(model, tok, requests, hp, schedule: str, n_parties: int, se
     for name, update in reference.items():  # the driver really is MEMIT
         assert rel_err(everyone.delta.weights[name], update) <= 1e-8, name
     own = parties[0]  # invariant 3: one party == that party's own MEMIT
-    alone = edit(model, tok, [own], hp, c0, schedule=schedule, templates=templates, keep_factors=True,
+    alone = edit(model, tok, [own], hp, c0, schedule=schedule, templates=templates, keep_factors=True, keep_contributions=True,
                  target_cache=targets)
     own_reference = reference_memit(model, tok, own, hp, c0, templates, schedule == "sequential", targets)
     for name, update in own_reference.items():

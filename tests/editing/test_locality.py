@@ -109,7 +109,7 @@ def test_one_layer_edit_attains_the_solve_s_fraction(gpt2_f64, tok):
     adapter = ModelAdapter.from_model(gpt2_f64, hp)
     c0 = {2: random_c0(adapter.key_dim(gpt2_f64, 2), seed=2)}
     request = tiny_requests(1)
-    result = edit(gpt2_f64, tok, [request], hp, c0, templates=[["{}"]], keep_factors=True, schedule="parallel")
+    result = edit(gpt2_f64, tok, [request], hp, c0, templates=[["{}"]], keep_factors=True, keep_contributions=True, schedule="parallel")
     before = subject_states(gpt2_f64, tok, request, hp)
     result.delta.apply(gpt2_f64)
     try:

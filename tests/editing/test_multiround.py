@@ -33,7 +33,7 @@ def test_second_round_collaborative_equals_global(gpt2_f64, tok, two_rounds, sch
 
     def run(parties, c_acc=None):
         return edit(gpt2_f64, tok, parties, hp, c0, schedule=schedule, c_acc=c_acc, templates=templates,
-                    keep_factors=True)
+                    keep_factors=True, keep_contributions=True)
 
     round1, round1_collab = run([first]), run(random_split(first, 2, seed=0))
     c_acc = update_dynamic_covariance(None, round1.s_kk, lam)
@@ -73,7 +73,7 @@ def test_dynamic_covariance_keeps_the_next_round_off_earlier_keys(gpt2_f64, tok,
     """With C_acc = λK₁K₁ᵀ, ΔW₂ minimises ‖ΔW K₂ - R₂‖² + λ tr(ΔW C0 ΔWᵀ) + λ‖ΔW K₁‖², so it moves
     round 1's keys less than the ΔW₂ solved without C_acc (parallel: K₂ and R₂ do not depend on it)."""
     hp, adapter, c0, templates, first, second = two_rounds
-    round1 = edit(gpt2_f64, tok, [first], hp, c0, templates=templates, keep_factors=True, schedule="parallel")
+    round1 = edit(gpt2_f64, tok, [first], hp, c0, templates=templates, keep_factors=True, keep_contributions=True, schedule="parallel")
     c_acc = update_dynamic_covariance(None, round1.s_kk, hp.mom2_update_weight)
     round1.delta.apply(gpt2_f64)
     try:

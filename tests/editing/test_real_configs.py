@@ -255,7 +255,7 @@ def run_federation(model, tok, parties, hp, c0, templates, schedule: str, target
             try:
                 return edit(party_model, party_tok, [parties[index]], hp, c0, schedule=schedule,
                             templates=templates, exchange=coordinator.exchange_for(index),
-                            target_cache=target_cache)
+                            target_cache=target_cache, keep_contributions=True)
             except BaseException:
                 coordinator.barrier.abort()  # the others would wait for this party's uploads
                 raise
