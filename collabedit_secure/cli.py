@@ -186,7 +186,10 @@ def device_name(value: str) -> str:
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     from .devices import CHOICES_HELP
 
-    parser.add_argument("--device", type=device_name, default="cpu", help=f"where the model runs: {CHOICES_HELP}")
+    # No default here: a device from an hparams file (EasyEdit's device, model_parallel) applies only
+    # when the command line names none; otherwise cpu.
+    parser.add_argument("--device", type=device_name, help=f"where the model runs: {CHOICES_HELP}; overrides "
+                                                           "the hparams' EasyEdit device and model_parallel")
 
 
 def _stats(args: argparse.Namespace) -> None:
