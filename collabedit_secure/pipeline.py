@@ -54,7 +54,7 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
         model, tok = bundle.load_model(device=str(compute_device(device)))
         return LoadedModel(model, tok, f"default ({bundle.model_dir})", bundle.corpus_texts, bundle.records,
                            embedded=True, shipped_stats=bundle.root / "c0")
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     check_model_path(spec)
     local_only = Path(spec).is_dir()
@@ -68,9 +68,10 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
         tok = AutoTokenizer.from_pretrained(spec, local_files_only=not local_only or None)
         stored = config.dtype
         placement = {"device_map": "auto"} if device == "auto" else {}
-        model = AutoModelForCausalLM.from_pretrained(spec, local_files_only=not local_only or None,
-                                                     dtype=torch.float32, **placement)
+        model = load_weights(spec, local_only, placement)
     except OSError as err:
+        if local_only:  # a directory with a config.json but no weights (or tokenizer) files
+            raise FileNotFoundError(f"--model {spec}: cannot load it ({err})") from None
         raise FileNotFoundError(
             f"cannot load model {spec!r}: not a local HF directory, and not in the local hub cache "
             f"(this machine cannot download weights) ({err})"
@@ -84,6 +85,39 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
     name = str(Path(spec).resolve()) if local_only else spec  # results name the model wherever they are read
     model = model if device == "auto" else model.to(device)  # a device map has placed every layer already
     return LoadedModel(model.eval(), tok, name, stored_dtype=stored, tok_as_stored=as_stored)
+
+
+def load_weights(spec: str, local_only: bool, placement: dict) -> torch.nn.Module:
+    """The model in float32, all of its weights from the checkpoint, or one line saying why not.
+
+    transformers re-initialises at random what the checkpoint lacks (a config.json with more layers
+    than the weights) and prints a many-line report on sizes that differ; an edit of such a model
+    would be an edit of noise, so both are refused, named by their first parameter.
+    """
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report: the error below says what matters in one line
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            spec, local_files_only=not local_only or None, dtype=torch.float32, ignore_mismatched_sizes=True,
+            output_loading_info=True, **placement)
+    except (SafetensorError, RuntimeError, ValueError) as err:  # e.g. a truncated safetensors file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"--model {spec}: the weights do not load ({first})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    mismatched, missing = sorted(info["mismatched_keys"], key=lambda m: m[0]), sorted(info["missing_keys"])
+    if mismatched:
+        name, stored, wanted = mismatched[0]
+        raise ValueError(f"--model {spec}: config.json and the weights differ in size ({len(mismatched)} "
+                         f"tensor(s); {name} is {tuple(stored)} in the checkpoint, {tuple(wanted)} by config.json)")
+    if missing:
+        raise ValueError(f"--model {spec}: the checkpoint lacks {len(missing)} tensor(s) that config.json "
+                         f"describes (first: {missing[0]}); does config.json belong to these weights?")
+    return model
 
 
 def check_model_path(spec: str) -> None:
