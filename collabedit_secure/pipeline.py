@@ -157,13 +157,11 @@ def default_hparams(loaded: LoadedModel, path: str | Path | None = None,
     name = shipped_hparams(loaded, schedule)
     if loaded.embedded:
         return MemitHparams.builtin(name)
-    shipped = MemitHparams.builtin(name)
-    n_layer = ModelAdapter.from_model(loaded.model).n_layer
-    hparams = scale_to_depth(shipped, n_layer)
-    family = ModelAdapter.from_model(loaded.model).family
-    own = "" if family in FAMILY_HPARAMS else f" (the {family} family has no file of its own)"
+    shipped, adapter = MemitHparams.builtin(name), ModelAdapter.from_model(loaded.model)
+    hparams = scale_to_depth(shipped, adapter.n_layer)
+    own = "" if adapter.family in FAMILY_HPARAMS else f" (the {adapter.family} family has no file of its own)"
     note(f"collabedit: note: no --hparams: the shipped {name} hparams{own}, made for {shipped.v_loss_layer + 1} "
-         f"layers, at this model's {n_layer}: layers {hparams.layers}, v_loss_layer {hparams.v_loss_layer}")
+         f"layers, at this model's {adapter.n_layer}: layers {hparams.layers}, v_loss_layer {hparams.v_loss_layer}")
     return hparams
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +10,6 @@ from typing import ClassVar
 
 import yaml
 
-log = logging.getLogger(__name__)
 
 # Keys EasyEdit puts in its MEMIT YAML files that describe the run, not the algorithm. The commands
 # read these (pipeline.run_settings): where the model runs and where its statistics are.
