@@ -152,6 +152,17 @@ def test_an_easyedit_device_is_used_unless_the_command_line_names_one(setting, m
     assert not Path("out").exists()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_an_easyedit_device_runs_the_edit_there(user, capsys):
+    """EasyEdit's `device: 0` with no --device: the edit runs on cuda:0, with no notice of an override."""
+    assert main(["stats", "--model", "gpt2", "--layers", "1", "2", "--corpus", "corpus.txt", "--hparams",
+                 "easyedit.yaml", "--out", "data/stats/gpt2-xl/wikipedia_stats"]) == 0
+    assert main(["edit", "--model", "gpt2", "--requests", "cf.json", "--hparams", "easyedit.yaml",
+                 "--out", "edited"]) == 0
+    assert not [line for line in notes(capsys.readouterr().err) if "overrides" in line]
+    assert (user / "edited" / "delta").is_dir()
+
+
 @pytest.mark.parametrize("value, message", [
     ("device: [0, 1]", "device must be a GPU index (EasyEdit's 0) or a device name, got [0, 1]"),
     ("model_parallel: 2", "model_parallel must be true or false, got 2"),
