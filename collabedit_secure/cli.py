@@ -187,7 +187,10 @@ def device_name(value: str) -> str:
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     from .devices import CHOICES_HELP
 
-    parser.add_argument("--device", type=device_name, default="cpu", help=f"where the model runs: {CHOICES_HELP}")
+    # No default here: a device from an hparams file (EasyEdit's device, model_parallel) applies only
+    # when the command line names none; otherwise cpu.
+    parser.add_argument("--device", type=device_name, help=f"where the model runs: {CHOICES_HELP}; overrides "
+                                                           "the hparams' EasyEdit device and model_parallel")
 
 
 def _stats(args: argparse.Namespace) -> None:
@@ -278,8 +281,9 @@ def add_c0_arguments(parser: argparse.ArgumentParser) -> None:
     """Where C0 comes from, for the commands that edit: one source or the other, never both."""
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--stats", type=existing_dir,
-                        help="directory with MEMIT-layout covariance npz files (default: computed from --corpus "
-                             "and cached)")
+                        help="directory with MEMIT-layout covariance npz files, in it or in MEMIT's and "
+                             "EasyEdit's <model>/<mom2_dataset>_stats/ (default: the hparams' stats_dir, else "
+                             "computed from --corpus and cached)")
     source.add_argument("--corpus", default="world", type=corpus_name,
                         help="C0's corpus when --stats is not given: 'world' (default; --model default only) "
                              "or a text file, one document per line")
@@ -328,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--schedule", choices=["parallel", "sequential"], default="sequential",
                       help="sequential: true MEMIT (default); parallel: the CollabEdit code's variant")
     edit.add_argument("--hparams", type=hparams_file,
-                      help="MEMIT hparams YAML (default: chosen from the model family)")
+                      help="MEMIT or EasyEdit hparams YAML (default: the model family's shipped file at the "
+                           "model's depth; the layers chosen are printed)")
     add_c0_arguments(edit)
     edit.add_argument("--out", required=True, type=new_dir,
                       help="new or empty output directory (HF model + delta + edit_meta.json)")

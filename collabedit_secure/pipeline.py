@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from .devices import compute_device, resolve_device
+from .devices import DeviceError, compute_device, resolve_device
 from .editing.adapters import ModelAdapter
 from .editing.covariance import (
     SecondMoment, check_stats_identity, corpus_sample, export_memit_stats, import_memit_stats, layer_stats,
@@ -19,6 +20,7 @@ from .editing.covariance import (
 from .editing.hparams import MemitHparams
 from .editing.requests import RequestError
 from .files import share_as_umask_allows
+from .progress import note
 from .editing.tokens import check_tokenizer, context_limit
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
         model, tok = bundle.load_model(device=str(compute_device(device)))
         return LoadedModel(model, tok, f"default ({bundle.model_dir})", bundle.corpus_texts, bundle.records,
                            embedded=True, shipped_stats=bundle.root / "c0")
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     check_model_path(spec)
     local_only = Path(spec).is_dir()
@@ -66,9 +68,10 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
         tok = AutoTokenizer.from_pretrained(spec, local_files_only=not local_only or None)
         stored = config.dtype
         placement = {"device_map": "auto"} if device == "auto" else {}
-        model = AutoModelForCausalLM.from_pretrained(spec, local_files_only=not local_only or None,
-                                                     dtype=torch.float32, **placement)
+        model = load_weights(spec, local_only, placement)
     except OSError as err:
+        if local_only:  # a directory with a config.json but no weights (or tokenizer) files
+            raise FileNotFoundError(f"--model {spec}: cannot load it ({err})") from None
         raise FileNotFoundError(
             f"cannot load model {spec!r}: not a local HF directory, and not in the local hub cache "
             f"(this machine cannot download weights) ({err})"
@@ -82,6 +85,39 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
     name = str(Path(spec).resolve()) if local_only else spec  # results name the model wherever they are read
     model = model if device == "auto" else model.to(device)  # a device map has placed every layer already
     return LoadedModel(model.eval(), tok, name, stored_dtype=stored, tok_as_stored=as_stored)
+
+
+def load_weights(spec: str, local_only: bool, placement: dict) -> torch.nn.Module:
+    """The model in float32, all of its weights from the checkpoint, or one line saying why not.
+
+    transformers re-initialises at random what the checkpoint lacks (a config.json with more layers
+    than the weights) and prints a many-line report on sizes that differ; an edit of such a model
+    would be an edit of noise, so both are refused, named by their first parameter.
+    """
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report: the error below says what matters in one line
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            spec, local_files_only=not local_only or None, dtype=torch.float32, ignore_mismatched_sizes=True,
+            output_loading_info=True, **placement)
+    except (SafetensorError, RuntimeError, ValueError) as err:  # e.g. a truncated safetensors file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"--model {spec}: the weights do not load ({first})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    mismatched, missing = sorted(info["mismatched_keys"], key=lambda m: m[0]), sorted(info["missing_keys"])
+    if mismatched:
+        name, stored, wanted = mismatched[0]
+        raise ValueError(f"--model {spec}: config.json and the weights differ in size ({len(mismatched)} "
+                         f"tensor(s); {name} is {tuple(stored)} in the checkpoint, {tuple(wanted)} by config.json)")
+    if missing:
+        raise ValueError(f"--model {spec}: the checkpoint lacks {len(missing)} tensor(s) that config.json "
+                         f"describes (first: {missing[0]}); does config.json belong to these weights?")
+    return model
 
 
 def check_model_path(spec: str) -> None:
@@ -111,21 +147,99 @@ def check_model_path(spec: str) -> None:
 
 def default_hparams(loaded: LoadedModel, path: str | Path | None = None,
                     schedule: str = "sequential") -> MemitHparams:
-    """The given YAML, else the shipped file for the embedded default (per schedule) or the model's family."""
+    """The given YAML (its notices printed), else the shipped file for the embedded default (per
+    schedule), else the model family's shipped file scaled to the model's depth (the choice printed)."""
     if path is not None:
-        return MemitHparams.from_yaml(path)
+        hparams = MemitHparams.from_yaml(path)
+        for line in hparams.notices:
+            note(f"collabedit: note: {line}")
+        return hparams
     name = shipped_hparams(loaded, schedule)
-    if name is None:
-        family = ModelAdapter.from_model(loaded.model).family
-        raise ValueError(f"no shipped hparams for model family {family!r}; pass --hparams FILE")
-    return MemitHparams.builtin(name)
+    if loaded.embedded:
+        return MemitHparams.builtin(name)
+    shipped, adapter = MemitHparams.builtin(name), ModelAdapter.from_model(loaded.model)
+    hparams = scale_to_depth(shipped, adapter.n_layer)
+    own = "" if adapter.family in FAMILY_HPARAMS else f" (the {adapter.family} family has no file of its own)"
+    note(f"collabedit: note: no --hparams: the shipped {name} hparams{own}, made for {shipped.v_loss_layer + 1} "
+         f"layers, at this model's {adapter.n_layer}: layers {hparams.layers}, v_loss_layer {hparams.v_loss_layer}")
+    return hparams
 
 
-def shipped_hparams(loaded: LoadedModel, schedule: str = "sequential") -> str | None:
+# The shipped file each family's defaults come from; any other family gets MEMIT's GPT-2 XL values.
+FAMILY_HPARAMS = {"gpt2": "gpt2-xl", "gptj": "gpt-j-6b", "llama": "llama", "mistral": "llama",
+                  "qwen2": "qwen2-7b", "gemma": "llama", "phi3": "llama"}
+
+
+def shipped_hparams(loaded: LoadedModel, schedule: str = "sequential") -> str:
     if loaded.embedded:
         return "default-world-parallel" if schedule == "parallel" else "default-world"
-    family = ModelAdapter.from_model(loaded.model).family
-    return {"gpt2": "gpt2-xl", "gptj": "gpt-j-6b", "llama": "llama", "mistral": "llama", "qwen2": "qwen2-7b"}.get(family)
+    return FAMILY_HPARAMS.get(ModelAdapter.from_model(loaded.model).family, "gpt2-xl")
+
+
+def scale_to_depth(shipped: MemitHparams, n_layer: int) -> MemitHparams:
+    """A shipped file at another depth: MEMIT's layer band at the same relative depth, the loss at the
+    last block, and the model family's own module names.
+
+    A shipped file's depth is its v_loss_layer + 1 (MEMIT puts the loss at the last block). Each end
+    of the band maps to floor(l * n_layer / depth): GPT-2 XL's 13-17 of 48 is 3-4 of 12 and 1 of 4.
+    """
+    depth = shipped.v_loss_layer + 1
+    first, last = (layer * n_layer // depth for layer in (shipped.layers[0], shipped.layers[-1]))
+    templates = {field: None for field in ("rewrite_module_tmp", "layer_module_tmp", "mlp_module_tmp",
+                                           "attn_module_tmp", "ln_f_module", "lm_head_module")}
+    return dataclasses.replace(shipped, layers=list(range(first, last + 1)), v_loss_layer=n_layer - 1, **templates)
+
+
+def stats_device(hparams_path: str | Path | None, device: str | None) -> str:
+    """`collabedit stats` runs where the command line or the hparams say; it writes to --out, never to
+    the hparams' stats_dir (a notice says so)."""
+    settings = MemitHparams.from_yaml(hparams_path).run_settings if hparams_path is not None else {}
+    if "stats_dir" in settings:
+        note(f"collabedit: note: {hparams_path}'s stats_dir {settings['stats_dir']} is not read by stats, "
+             "which writes to --out")
+    return _device_setting(hparams_path, settings, device)
+
+
+def run_settings(hparams_path: str | Path | None, device: str | None, stats_dir: str | None = None,
+                 corpus: str = "world") -> tuple[str, str | None]:
+    """The device and the statistics folder of a run: the command line's, else EasyEdit's `device`,
+    `model_parallel` and `stats_dir` from the hparams file. Where both give one, the command line wins
+    and a notice says so. Checked before any model loads."""
+    settings = MemitHparams.from_yaml(hparams_path).run_settings if hparams_path is not None else {}
+    return _device_setting(hparams_path, settings, device), _stats_setting(hparams_path, settings, stats_dir, corpus)
+
+
+def _device_setting(source, settings: dict, device: str | None) -> str:
+    """EasyEdit's `device: 0` is GPU 0 and `model_parallel: true` every GPU (our 'auto')."""
+    if settings.get("model_parallel"):
+        given, field = "auto", "model_parallel: true"
+    elif "device" in settings:
+        value = settings["device"]
+        given, field = (f"cuda:{value}" if isinstance(value, int) else value), f"device: {value}"
+    else:
+        return resolve_device(device)
+    if device is not None:
+        if resolve_device(device) != given:
+            note(f"collabedit: note: --device {device} overrides {source}'s {field}")
+        return resolve_device(device)
+    try:
+        return resolve_device(given)
+    except DeviceError as err:
+        raise DeviceError(f"{source}: {field}: {err}") from None
+
+
+def _stats_setting(source, settings: dict, stats_dir: str | None, corpus: str) -> str | None:
+    """EasyEdit's and MEMIT's `stats_dir` is read as --stats is, unless --stats or --corpus FILE is given."""
+    wanted = settings.get("stats_dir")
+    if wanted is None or stats_dir is not None or corpus != "world":
+        if wanted is not None:
+            option = f"--stats {stats_dir}" if stats_dir is not None else f"--corpus {corpus}"
+            note(f"collabedit: note: {option} overrides {source}'s stats_dir {wanted}")
+        return stats_dir
+    if not Path(wanted).is_dir():
+        raise FileNotFoundError(f"{source}: stats_dir {wanted}: no such directory (read from the current "
+                                f"directory, {Path.cwd()}); fix it, or give --stats DIR or --corpus FILE")
+    return wanted
 
 
 def check_c0_source(model: str, corpus: str, stats_dir: str | Path | None, stats_option: bool = True) -> None:
@@ -179,10 +293,12 @@ def covariances(loaded: LoadedModel, hparams: MemitHparams, corpus: str = "world
     for layer in hparams.layers:
         name = adapter.rewrite_name(layer)
         if stats_dir is not None:
-            path = stats_file(Path(stats_dir), name, hparams)
+            folder = stats_folder(Path(stats_dir), name, hparams, loaded)
+            path = stats_file(folder, name, hparams)
             stat = import_memit_stats(path)
-            note = check_stats_identity(stat, path, name, loaded.model)
-            sources[name] = str(path.resolve()) + (f" ({note})" if note else "")
+            notes = [check_stats_identity(stat, path, name, loaded.model), sample_count_note(path, hparams)]
+            notes = [n for n in notes if n]
+            sources[name] = str(path.resolve()) + (f" ({'; '.join(notes)})" if notes else "")
         else:
             texts = texts if texts is not None else read_corpus(corpus, loaded)
             stat = layer_stats(loaded.model, loaded.tok, name, texts,
@@ -194,6 +310,38 @@ def covariances(loaded: LoadedModel, hparams: MemitHparams, corpus: str = "world
         # On the edited layer's device, where its keys are: the solve then never crosses the host.
         c0[name] = stat.moment().to(adapter.rewrite_module(loaded.model, layer).weight.device)
     return c0, sources
+
+
+def stats_folder(directory: Path, module_name: str, hparams: MemitHparams, loaded: LoadedModel) -> Path:
+    """Where a model's statistics are under a statistics folder: the folder itself (what `collabedit
+    stats` writes), else MEMIT's and EasyEdit's nested `<folder>/<model>/<mom2_dataset>_stats/`, the
+    model named as they name it (its path or hub name with "/" as "_"), by the hparams' `model_name`,
+    or by the model directory's name; else the only `*/<mom2_dataset>_stats/` there is."""
+    subfolder = f"{hparams.mom2_dataset}_stats"
+    names = [hparams.run_settings.get("model_name"), getattr(loaded.model.config, "_name_or_path", None),
+             loaded.name]
+    candidates = [directory]
+    for name in filter(None, names):
+        candidates += [directory / str(name).replace("/", "_") / subfolder, directory / Path(name).name / subfolder]
+    nested = sorted(p for p in directory.glob(f"*/{subfolder}") if p.is_dir())
+    candidates += nested if len(nested) == 1 else []
+    for folder in candidates:
+        if any(folder.glob(f"{module_name}_*_mom2_*.npz")):
+            return folder
+    raise FileNotFoundError(f"no statistics for {module_name} in {directory} nor in {directory}/<model>/"
+                            f"{subfolder}/ (MEMIT's and EasyEdit's layout; found for: "
+                            f"{', '.join(p.parent.name for p in nested) or 'no model'}); expected "
+                            f"{module_name}_float32_mom2_{hparams.mom2_n_samples}.npz")
+
+
+def sample_count_note(path: Path, hparams: MemitHparams) -> str | None:
+    """A file of another sample count than mom2_n_samples is used, and said so with both counts."""
+    count = path.stem.rsplit("_mom2_", 1)[-1]
+    if not count.isdigit() or int(count) == hparams.mom2_n_samples:
+        return None
+    line = f"statistics of {int(count)} samples; the hparams' mom2_n_samples is {hparams.mom2_n_samples}"
+    note(f"collabedit: note: {path}: {line}")
+    return line
 
 
 def stats_file(directory: Path, module_name: str, hparams: MemitHparams) -> Path:
@@ -214,21 +362,23 @@ def stats_file(directory: Path, module_name: str, hparams: MemitHparams) -> Path
 
 
 def compute_stats(model: str, layers: list[int], corpus: str, out: Path, n_samples: int | None,
-                  hparams_path: str | Path | None = None, device: str = "cpu") -> list[Path]:
+                  hparams_path: str | Path | None = None, device: str | None = None) -> list[Path]:
     """`collabedit stats`: compute C0 for the given layers and export MEMIT-layout npz files.
 
     Files already in `out` are never replaced, and `out` is made only when the first file is ready.
     """
-    device = resolve_device(device)
+    device = stats_device(hparams_path, device)
     repeated = sorted({layer for layer in layers if layers.count(layer) > 1})
     if repeated:
         raise ValueError(f"--layers lists {repeated} more than once")
     check_model_path(model)
     check_c0_source(model, corpus, None, stats_option=False)
     loaded = load_model(model, device)
-    if hparams_path is None and shipped_hparams(loaded) is None:
-        # Statistics read only the mom2_* settings and the module names: the family's and MEMIT's defaults.
-        hparams = MemitHparams(layers=[0], v_loss_layer=0)
+    if hparams_path is None:
+        # Statistics read only the mom2_* settings and the module names: the family's shipped values,
+        # with the family's own module names (the layers come from --layers, so nothing is scaled).
+        shipped = MemitHparams.builtin(shipped_hparams(loaded))
+        hparams = scale_to_depth(shipped, shipped.v_loss_layer + 1)
     else:
         hparams = default_hparams(loaded, hparams_path)
     adapter = ModelAdapter.from_model(loaded.model, hparams)
@@ -303,9 +453,9 @@ def read_requests(path: Path, loaded: LoadedModel) -> list:
 
 
 def run_edit(model: str, requests_path: Path, schedule: str, out: Path, hparams_path: str | None,
-             stats_dir: str | None, corpus: str = "world", device: str = "cpu") -> Path:
+             stats_dir: str | None, corpus: str = "world", device: str | None = None) -> Path:
     """`collabedit edit`: global MEMIT, written as an HF model dir plus the delta and edit_meta.json."""
-    device = resolve_device(device)
+    device, stats_dir = run_settings(hparams_path, device, stats_dir, corpus)
     from .editing.memit import edit
 
     check_model_path(model)

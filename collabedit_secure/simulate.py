@@ -37,7 +37,9 @@ from .eval.counterfact import summarize_counterfact
 from .eval.report import coverage_notes, evaluate_dataset, format_summary_table, format_value
 from .files import json_safe
 from .merging.baselines import simple_average, task_arithmetic, ties_merge
-from .pipeline import DEFAULT_MODEL, check_c0_source, check_model_path, covariances, default_hparams, load_model
+from .pipeline import (
+    DEFAULT_MODEL, check_c0_source, check_model_path, covariances, default_hparams, load_model, run_settings,
+)
 from .world.config import WorldConfig
 
 METHODS = ("collabedit", "global", "ta", "sa", "ties", "none")
@@ -56,7 +58,7 @@ class SimulationConfig:
     methods: list[str] = field(default_factory=lambda: ["collabedit", "global", "ta", "sa", "ties"])
     dataset: Path | None = None
     model: str = "default"
-    device: str = "cpu"
+    device: str | None = None  # None: the hparams' EasyEdit device, else cpu
     hparams: Path | None = None
     corpus: str = "world"  # C0's corpus: the embedded world's, or a text file for other models
     stats: Path | None = None  # or MEMIT-layout npz files, instead of computing C0
@@ -91,6 +93,8 @@ class SimulationConfig:
         if self.model != DEFAULT_MODEL and self.dataset is None:
             raise ValueError(f"--model {self.model} needs --dataset (the embedded world's edits belong to "
                              "--model default)")
+        # EasyEdit's device and stats_dir in the hparams, where the command line gives none.
+        self.device, self.stats = run_settings(self.hparams, self.device, self.stats, self.corpus)
         check_model_path(self.model)
         check_c0_source(self.model, self.corpus, self.stats)
         if self.consistency is not None and not self.fluency:

@@ -16,31 +16,46 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ModuleTemplates:
-    rewrite: str  # the edited projection; "{}" is the layer index
-    layer: str  # the transformer block whose output is the residual stream
-    mlp: str
-    attn: str
+    """What each template addresses; "{}" is the layer index.
+
+    MEMIT reads four of them: `rewrite` (the edited MLP output projection), `layer` (the block whose
+    output is the residual stream), `ln_f` and `lm_head`. `mlp` and `attn` are MEMIT-file fields
+    that no computation here reads; a family without such a module (OPT keeps fc1/fc2 directly in
+    its block) has None, and one given in hparams is still checked against the model.
+    """
+
+    rewrite: str
+    layer: str
+    mlp: str | None
+    attn: str | None
     ln_f: str
     lm_head: str  # unembedding: weight (vocab x hidden) and optional bias
 
 
-_GPT2 = ModuleTemplates(
-    "transformer.h.{}.mlp.c_proj", "transformer.h.{}", "transformer.h.{}.mlp",
-    "transformer.h.{}.attn", "transformer.ln_f", "transformer.wte",
-)
-_GPTJ = ModuleTemplates(
-    "transformer.h.{}.mlp.fc_out", "transformer.h.{}", "transformer.h.{}.mlp",
-    "transformer.h.{}.attn", "transformer.ln_f", "lm_head",
-)
-_NEOX = ModuleTemplates(
-    "gpt_neox.layers.{}.mlp.dense_4h_to_h", "gpt_neox.layers.{}", "gpt_neox.layers.{}.mlp",
-    "gpt_neox.layers.{}.attention", "gpt_neox.final_layer_norm", "embed_out",
-)
-_LLAMA_LIKE = ModuleTemplates(
-    "model.layers.{}.mlp.down_proj", "model.layers.{}", "model.layers.{}.mlp",
-    "model.layers.{}.self_attn", "model.norm", "lm_head",
-)
+USED_TEMPLATES = ("rewrite", "layer", "ln_f", "lm_head")
+HPARAMS_FIELD = {"rewrite": "rewrite_module_tmp", "layer": "layer_module_tmp", "mlp": "mlp_module_tmp",
+                 "attn": "attn_module_tmp", "ln_f": "ln_f_module", "lm_head": "lm_head_module"}
 
+
+def _templates(prefix: str, rewrite: str, mlp: str | None, attn: str, ln_f: str, lm_head: str) -> ModuleTemplates:
+    """A family whose blocks are `{prefix}.{}`; `rewrite`, `mlp` and `attn` are inside a block."""
+    block = prefix + ".{}"
+    return ModuleTemplates(f"{block}.{rewrite}", block, mlp and f"{block}.{mlp}", f"{block}.{attn}", ln_f, lm_head)
+
+
+_GPT2 = _templates("transformer.h", "mlp.c_proj", "mlp", "attn", "transformer.ln_f", "transformer.wte")
+_GPTJ = _templates("transformer.h", "mlp.fc_out", "mlp", "attn", "transformer.ln_f", "lm_head")
+_NEOX = _templates("gpt_neox.layers", "mlp.dense_4h_to_h", "mlp", "attention", "gpt_neox.final_layer_norm",
+                   "embed_out")
+_LLAMA_LIKE = _templates("model.layers", "mlp.down_proj", "mlp", "self_attn", "model.norm", "lm_head")
+# OPT: no `mlp` module; the MLP is fc1/fc2 of the block itself, fc2 its output projection.
+_OPT = _templates("model.decoder.layers", "fc2", None, "self_attn", "model.decoder.final_layer_norm", "lm_head")
+_FALCON_BLOOM = _templates("transformer.h", "mlp.dense_4h_to_h", "mlp", "self_attention", "transformer.ln_f",
+                           "lm_head")
+# StarCoder's layout is GPT-2's, but with nn.Linear (out, in) weights and an untied lm_head.
+_BIGCODE = _templates("transformer.h", "mlp.c_proj", "mlp", "attn", "transformer.ln_f", "lm_head")
+
+# Every family here runs `collabedit stats`, `edit` and `eval` in tests/test_cli_families.py.
 FAMILIES: dict[str, ModuleTemplates] = {
     "gpt2": _GPT2,
     "gptj": _GPTJ,
@@ -48,11 +63,26 @@ FAMILIES: dict[str, ModuleTemplates] = {
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE,
+    "phi3": _LLAMA_LIKE,
+    "opt": _OPT,
+    "falcon": _FALCON_BLOOM,
+    "bloom": _FALCON_BLOOM,
+    "gpt_bigcode": _BIGCODE,
 }
 
 
 class UnsupportedModelError(ValueError):
     """The model family has no known MEMIT module layout."""
+
+
+def _check_layout(config) -> None:
+    """Variants of a family whose unembedding is not ln_f then lm_head, which compute_z's loss assumes."""
+    if config.model_type == "opt":
+        if not config.do_layer_norm_before or config.word_embed_proj_dim != config.hidden_size:
+            raise UnsupportedModelError(
+                "OPT with do_layer_norm_before false or word_embed_proj_dim != hidden_size (OPT-350m's "
+                "layout: a project_out between the last block and lm_head) is not supported")
 
 
 def block_hidden(output) -> torch.Tensor:
@@ -81,13 +111,14 @@ class ModelAdapter:
         overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
         if family in FAMILIES:
             templates = replace(FAMILIES[family], **overrides)
-        elif set(overrides) == set(ModuleTemplates.__dataclass_fields__):
-            templates = ModuleTemplates(**overrides)
+        elif set(USED_TEMPLATES) <= set(overrides):
+            templates = ModuleTemplates(**{"mlp": None, "attn": None, **overrides})
         else:
             raise UnsupportedModelError(
-                f"unknown model family {family!r}; supported: {', '.join(sorted(FAMILIES))} "
-                "(or give all six module templates in the hparams)"
+                f"unknown model family {family!r}; supported: {', '.join(sorted(FAMILIES))} (or give the "
+                f"module templates MEMIT reads in the hparams: {', '.join(HPARAMS_FIELD[t] for t in USED_TEMPLATES)})"
             )
+        _check_layout(config)
         return cls(family, int(config.num_hidden_layers), int(config.hidden_size), templates)
 
     @classmethod
@@ -116,10 +147,13 @@ class ModelAdapter:
             return replace(self, templates=replace(self.templates, lm_head=name))
 
     def check(self, model: torch.nn.Module) -> None:
-        """Every template must resolve on this model (fail early, naming the module and its hparams field)."""
-        for field, name in (("rewrite_module_tmp", self.rewrite_name(0)),
-                            ("layer_module_tmp", self.layer_name(self.n_layer - 1)),
-                            ("ln_f_module", self.templates.ln_f), ("lm_head_module", self.templates.lm_head)):
+        """Every template must resolve on this model (fail early, naming the module and its hparams field),
+        those no computation reads (mlp, attn) too where they are given: a typo should not pass unseen."""
+        for template, pattern in vars(self.templates).items():
+            if pattern is None:
+                continue
+            name = pattern.format(self.n_layer - 1 if template == "layer" else 0)
+            field = HPARAMS_FIELD[template]
             try:
                 get_module(model, name)
             except UnsupportedModelError as err:

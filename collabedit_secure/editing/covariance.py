@@ -229,11 +229,19 @@ class StatsCache:
         return torch.from_numpy(acc.astype(np.float64)), count, position
 
 
-def _max_length(model, max_length: int | None) -> int:
+def _max_length(model, max_length: int | None, tok=None) -> int:
+    """Tokens per C0 document: mom2_max_length, else the model's context, else (a model without a
+    position limit, e.g. BLOOM's ALiBi) its tokenizer's model_max_length where that is a real length."""
     if max_length is not None:
         return max_length
     config = model.config
-    return int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings"))
+    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    limit = limit or getattr(tok, "model_max_length", None)
+    if not isinstance(limit, int) or not 0 < limit < 10**6:  # transformers' "no limit" is 1e30
+        raise ValueError(f"the {config.model_type} model states no context length (no n_positions or "
+                         "max_position_embeddings, nor a tokenizer model_max_length): set mom2_max_length "
+                         "in the hparams (tokens per C0 document)")
+    return int(limit)
 
 
 @torch.no_grad()
@@ -319,7 +327,7 @@ def layer_stats(model, tok, layer_name: str, texts: list[str], *, n_samples: int
     texts = corpus_sample(texts, n_samples)
     if not texts:
         raise ValueError("covariance corpus is empty")
-    max_length = _max_length(model, max_length)
+    max_length = _max_length(model, max_length, tok)
     stem, info = stats_identity(model, tok, layer_name, texts, max_length)
     identity = dict(layer=layer_name, architecture=layout_digest(model), model=info["model"])
     shipped = read_shipped_stat(shipped_dir / f"{stem}.npz") if shipped_dir is not None else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,12 +10,17 @@ from typing import ClassVar
 
 import yaml
 
-log = logging.getLogger(__name__)
 
-# Keys EasyEdit puts in its MEMIT YAML files that describe the run, not the algorithm.
-EASYEDIT_ONLY_KEYS = frozenset(
-    {"alg_name", "model_name", "device", "stats_dir", "model_parallel", "fp16", "max_length", "batch_size"}
-)
+# Keys EasyEdit puts in its MEMIT YAML files that describe the run, not the algorithm. The commands
+# read these (pipeline.run_settings): where the model runs and where its statistics are.
+RUN_SETTING_KEYS = ("alg_name", "model_name", "device", "model_parallel", "stats_dir")
+# These the project has no use for: each is named in a notice, never dropped without a word.
+IGNORED_KEYS = {
+    "fp16": "the model is edited in float32 and saved in its checkpoint's dtype",
+    "max_length": "EasyEdit's generation length in its own evaluation; see eval --fluency-tokens",
+    "batch_size": "EasyEdit's batching of its requests; an edit takes every request of --requests",
+}
+EASYEDIT_ONLY_KEYS = frozenset(RUN_SETTING_KEYS) | frozenset(IGNORED_KEYS)
 SUPPORTED_FACT_TOKENS = ("subject_last",)
 _FLOAT_FIELDS = ("v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor", "v_early_stop_loss")
 _INT_FIELDS = ("v_loss_layer", "v_num_grad_steps", "mom2_n_samples", "context_template_seed", "mom2_batch_size",
@@ -48,6 +52,31 @@ def _as_lambda(value) -> float | list[float]:
     except (TypeError, ValueError):
         pass
     raise HparamsError(f"mom2_update_weight must be a number or a list of numbers (one per layer), got {value!r}")
+
+
+def _run_settings(data: dict) -> dict:
+    """EasyEdit's run settings, checked for their type here (their meaning needs the command line)."""
+    settings = {k: data[k] for k in RUN_SETTING_KEYS if data.get(k) is not None}
+    device = settings.get("device")
+    if isinstance(device, bool) or not isinstance(device, (int, str)):
+        if "device" in settings:
+            raise HparamsError(f"device must be a GPU index (EasyEdit's 0) or a device name, got {device!r}")
+    if not isinstance(settings.get("model_parallel", False), bool):
+        raise HparamsError(f"model_parallel must be true or false, got {settings['model_parallel']!r}")
+    for name in ("stats_dir", "model_name"):
+        if name in settings and not isinstance(settings[name], str):
+            raise HparamsError(f"{name} must be a path (a string), got {settings[name]!r}")
+    return settings
+
+
+def _ignored_notices(data: dict) -> tuple[str, ...]:
+    """One line per given field that nothing here reads, saying why."""
+    lines = [f"{key} is ignored: {why}" for key, why in IGNORED_KEYS.items() if key in data]
+    if data.get("mom2_adjustment") is False:
+        lines.append("mom2_adjustment false is ignored: C0 is always used, as in MEMIT's published runs")
+    if data.get("mom2_dtype", "float32") != "float32":
+        lines.append(f"mom2_dtype {data['mom2_dtype']} is ignored: C0 is always accumulated in float64")
+    return tuple(lines)
 
 
 class HparamsError(ValueError):
@@ -107,6 +136,10 @@ class MemitHparams:
     edit_dtype: str = "float32"
     # Not a hyperparameter: the YAML file these came from, named by errors found once the model is known.
     source: ClassVar[str | None] = None
+    # Not hyperparameters either: EasyEdit's run settings the file gave (RUN_SETTING_KEYS), and one line
+    # per field it gave that is not used, for the commands to print.
+    run_settings: ClassVar[dict] = {}
+    notices: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         for name in _FLOAT_FIELDS:  # YAML 1.1 reads "5e-1" as a string
@@ -228,16 +261,16 @@ class MemitHparams:
         if algorithm is not None and str(algorithm).upper() != "MEMIT":
             raise HparamsError(f"these are {algorithm} hyperparameters (alg_name), not MEMIT's")
         known = {f.name for f in dataclasses.fields(cls)}
-        ignored = sorted(k for k in data if k in EASYEDIT_ONLY_KEYS and k not in known)
         unknown = sorted(k for k in data if k not in known and k not in EASYEDIT_ONLY_KEYS)
         if unknown:
             raise HparamsError(f"unknown MEMIT hyperparameter(s): {', '.join(unknown)}")
-        if ignored:
-            log.info("ignoring EasyEdit run settings (not MEMIT hyperparameters): %s", ", ".join(ignored))
         missing = [k for k in ("layers", "v_loss_layer") if k not in data]
         if missing:
             raise HparamsError(f"missing required hyperparameter(s): {', '.join(missing)}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        hparams = cls(**{k: v for k, v in data.items() if k in known})
+        hparams.run_settings = _run_settings(data)
+        hparams.notices = _ignored_notices(data)
+        return hparams
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "MemitHparams":
@@ -261,6 +294,7 @@ class MemitHparams:
         except HparamsError as err:
             raise HparamsError(f"{path}: {err}") from None
         hparams.source = str(path)
+        hparams.notices = tuple(f"{path}: {line}" for line in hparams.notices)
         return hparams
 
     @classmethod

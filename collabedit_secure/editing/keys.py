@@ -45,7 +45,9 @@ def request_keys(model, tok, adapter: ModelAdapter, request: EditRequest, layers
     group_ids = torch.tensor(groups)
     keys = {}
     for layer, name in zip(layers, rewrite_names):
-        at_subject = inputs[name][rows, cols].double().cpu()  # (n_texts, d_in)
+        # (n_texts, seq, d_in); OPT flattens the tokens to (n_texts * seq, d_in) before its MLP.
+        per_token = inputs[name].reshape(len(filled), -1, inputs[name].shape[-1])
+        at_subject = per_token[rows, cols].double().cpu()  # (n_texts, d_in)
         per_group = [at_subject[group_ids == g].mean(0) for g in range(len(templates))]
         keys[layer] = torch.stack(per_group).mean(0)
     cur_z = outputs[block_name][0, cols[0]].double().cpu()

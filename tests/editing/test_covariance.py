@@ -199,9 +199,9 @@ def test_imported_stats_are_checked_on_arrival(tmp_path, mom2, count, message):
 
 
 def test_stats_command_names_its_file_by_the_documents_used(tok, tmp_path, monkeypatch, capsys):
-    """`collabedit stats` on a local GPT-NeoX directory, a family with no shipped hparams: statistics
-    need none (MEMIT's defaults: every document), editing does; mom2_n_samples from --hparams counts,
-    and the file name says how many documents were used."""
+    """`collabedit stats` on a local GPT-NeoX directory, a family with no shipped hparams of its own:
+    statistics and editing take MEMIT's GPT-2 XL values (every document); mom2_n_samples from --hparams
+    counts, and the file name says how many documents were used."""
     from collabedit_secure.cli import main
 
     monkeypatch.setenv("COLLABEDIT_CACHE", str(tmp_path / "cache"))
@@ -220,8 +220,11 @@ def test_stats_command_names_its_file_by_the_documents_used(tok, tmp_path, monke
     requests = tmp_path / "requests.json"
     requests.write_text(json.dumps([{"prompt": "The mother tongue of {} is", "subject": "Lyon", "target_new": "English"}]))
     assert main(["edit", "--model", str(tmp_path / "neox"), "--requests", str(requests), "--stats",
-                 str(tmp_path / "all"), "--out", str(tmp_path / "edited")]) == 2
-    assert "no shipped hparams for model family 'gpt_neox'; pass --hparams FILE" in capsys.readouterr().err
+                 str(tmp_path / "all"), "--out", str(tmp_path / "edited")]) == 0
+    err = capsys.readouterr().err  # no file of its own: MEMIT's GPT-2 XL values at the model's depth
+    assert ("no --hparams: the shipped gpt2-xl hparams (the gpt_neox family has no file of its own), made for 48 "
+            "layers, at this model's 4: layers [1], v_loss_layer 3") in err
+    assert "statistics of 20 samples; the hparams' mom2_n_samples is 100000" in err
 
     out = tmp_path / "out"
     assert main([*argv, str(out), "--hparams", str(hparams)]) == 0
