@@ -306,19 +306,24 @@ def run_edit(model: str, requests_path: Path, schedule: str, out: Path, hparams_
              stats_dir: str | None, corpus: str = "world", device: str = "cpu") -> Path:
     """`collabedit edit`: global MEMIT, written as an HF model dir plus the delta and edit_meta.json."""
     device = resolve_device(device)
+    from .diagnostics import StageClock, edit_summary_line
     from .editing.memit import edit
 
     check_model_path(model)
     check_c0_source(model, corpus, stats_dir)
     check_requests(requests_path)
+    clock = StageClock()
     loaded = load_model(model, device)
     hparams = default_hparams(loaded, hparams_path, schedule)
     requests = read_requests(requests_path, loaded)
+    clock.lap("load")
     c0, sources = covariances(loaded, hparams, corpus=corpus, stats_dir=stats_dir)
+    clock.lap("C0")
     try:
         result = edit(loaded.model, loaded.tok, [requests], hparams, c0, schedule=schedule, stats_files=sources)
     except RequestError as err:  # e.g. a prompt too long for the model: name the file it came from
         raise RequestError(f"{requests_path}: {err}") from None
+    clock.add(result.seconds)
     result.delta.apply(loaded.model)
     out.mkdir(parents=True, exist_ok=True)
     # Saved as the base was stored (a bfloat16 checkpoint stays bfloat16); the delta itself applies
@@ -329,10 +334,23 @@ def run_edit(model: str, requests_path: Path, schedule: str, out: Path, hparams_
     meta = {key: result.delta.metadata.get(key) for key in
             ("schedule", "hparams", "context_templates", "request_ids", "stats_files", "model_fingerprint")}
     meta.update({"base_model": loaded.name, "n_requests": len(requests),
-                 "saved_dtype": str(loaded.stored_dtype).removeprefix("torch.")})
+                 "saved_dtype": str(loaded.stored_dtype).removeprefix("torch."),
+                 "module_templates": module_templates(loaded.model, hparams)})
     (out / "edit_meta.json").write_text(json.dumps(meta, indent=2, default=str))
     share_as_umask_allows(*out.rglob("*"))  # safetensors writes 0600: others could not read the model
+    clock.lap("save")
+    log.info("%s", edit_summary_line(len(requests), hparams.layers, hparams.mom2_update_weight, schedule, sources,
+                                     clock.stages))
     return out
+
+
+def module_templates(model, hparams: MemitHparams) -> dict[str, str]:
+    """The module templates the edit used, by MEMIT's hparams field names: the family's defaults with
+    the hparams' overrides, as resolved on this model (an hparams file may leave them out)."""
+    templates = ModelAdapter.from_model(model, hparams).templates
+    return {"rewrite_module_tmp": templates.rewrite, "layer_module_tmp": templates.layer,
+            "mlp_module_tmp": templates.mlp, "attn_module_tmp": templates.attn,
+            "ln_f_module": templates.ln_f, "lm_head_module": templates.lm_head}
 
 
 EDIT_META_KEYS = ("schedule", "n_requests", "base_model", "model_fingerprint")
