@@ -6,7 +6,7 @@
     collabedit apply --model BASE --delta DIR --out DIR
     collabedit revert --model EDITED [--delta DIR] --out DIR
     collabedit simulate [--parties N] [--edits-per-party M] [--rounds R] [--schedule S] [--methods ...] [--json OUT]
-    collabedit eval --model M --dataset PATH [--round-prompts FILE] [--no-fluency | --fluency-tokens N]
+    collabedit eval --model M --dataset PATH [--base M] [--round-prompts FILE] [--no-fluency | --fluency-tokens N]
                     [--consistency DIR|world] --json OUT
     collabedit bench kernels [--quick] [--repeats N] [--json OUT]
     collabedit bench privacy [--parties 2,4,8] [--dim 1024,4096] [--modes plain,mask,he] [--json OUT] [--plot OUT.png]
@@ -270,13 +270,19 @@ def _simulate(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from .pipeline import run_eval
 
+    from .eval.table import eval_table, footer
+
     refuse_overwriting_inputs(args.json, dataset=args.dataset, round_prompts=args.round_prompts,
-                              consistency=args.consistency, model=args.model)
-    round_prompts = Path(args.round_prompts) if args.round_prompts else None
-    summary = run_eval(args.model, Path(args.dataset), Path(args.json), fluency=not args.no_fluency,
-                       round_prompts=round_prompts, max_out_len=args.fluency_tokens, consistency=args.consistency,
-                       device=args.device)
-    print(json.dumps(json_safe(summary), indent=2, allow_nan=False))  # NaN (e.g. a std of nothing) prints as null
+                              consistency=args.consistency, model=args.model, base=args.base)
+    settings = dict(fluency=not args.no_fluency, round_prompts=Path(args.round_prompts) if args.round_prompts else None,
+                    max_out_len=args.fluency_tokens, consistency=args.consistency, device=args.device)
+    base, extra = None, None
+    if args.base is not None:  # first, so that a base that cannot be evaluated costs no report
+        base = run_eval(args.base, Path(args.dataset), None, **settings)
+        extra = {"base": {"model": args.base, "summary": json_safe(base)}}
+    summary = run_eval(args.model, Path(args.dataset), Path(args.json), extra_meta=extra, **settings)
+    print(eval_table(summary, base))
+    print(footer(args.model, summary, args.base, base))
 
 
 def _bench_kernels(args: argparse.Namespace) -> None:
@@ -417,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CounterFact only: score consistency (MEMIT's reference score of the fluency generations) "
                          "against a directory with MEMIT's attribute_snippets.json, idf.npy and tfidf_vocab.json, "
                          "or 'world', the embedded world's facts")
+    ev.add_argument("--base", metavar="MODEL",
+                    help="also evaluate this model (the unedited base) on the same dataset and print both side by "
+                         "side with the change; its summary goes into the report's meta.base")
     ev.add_argument("--json", required=True, type=output_file, help="write the per-case report here")
     add_device_argument(ev)
     add_verbosity_arguments(ev)

@@ -44,12 +44,23 @@ def reporting(level: str = NORMAL):
     logger.addHandler(handler)
     logger.setLevel(_LEVELS[level])
     progress.set_quiet(level == QUIET)
+    hf_bars = _hf_progress_bars(level != QUIET)  # transformers' "Loading weights" and "Writing model shards"
     try:
         yield
     finally:  # main() may run again in the same process (tests, embedding programs)
         logger.removeHandler(handler)
         logger.setLevel(saved_level)
         progress.set_quiet(saved_quiet)
+        _hf_progress_bars(hf_bars)
+
+
+def _hf_progress_bars(enabled: bool) -> bool:
+    """Turn transformers' own progress bars on or off; whether they were on."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    return was
 
 
 def add_verbosity_arguments(parser) -> None:

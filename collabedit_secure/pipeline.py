@@ -377,34 +377,48 @@ def edit_summary(model: str) -> dict | None:
     return summary
 
 
-def run_eval(model: str, dataset: Path, json_out: Path, fluency: bool = True, round_prompts: Path | None = None,
-             seed: int = 0, max_out_len: int = 100, consistency: str | None = None, device: str = "cpu") -> dict:
+def run_eval(model: str, dataset: Path, json_out: Path | None, fluency: bool = True,
+             round_prompts: Path | None = None, seed: int = 0, max_out_len: int = 100, consistency: str | None = None,
+             device: str = "cpu", extra_meta: dict | None = None) -> dict:
     """`collabedit eval`: metrics of a model on a CounterFact/zsRE/conflict file.
 
     `round_prompts` (conflict files only): the relation probes of spec 2.9. `consistency` ('world' or a
     directory of MEMIT's snippet and TF-IDF files) adds the reference score. Everything checkable without
     the model (dataset, round prompts, consistency files, edit_meta.json) is checked before it loads.
+    A plain request list (as `edit --requests` takes) is scored on its rewrite prompts (eval/plain.py).
+    `json_out` None writes no report; `extra_meta` goes into the report's meta.
     """
     from .eval.consistency import consistency_reference
     from .eval.datasets import check_dataset, load_dataset, prefixed_errors
+    from .eval.plain import plain_eval_records
     from .eval.report import evaluate_dataset, write_report
+    from .progress import showing
 
     device = resolve_device(device)
-    kind = check_dataset(dataset, fluency=fluency, round_prompts=round_prompts, consistency=consistency is not None)
+    plain = plain_eval_records(dataset, round_prompts, consistency is not None)
+    if plain is not None:
+        kind, fluency = "counterfact", False  # no generation prompts to sample from
+    else:
+        kind = check_dataset(dataset, fluency=fluency, round_prompts=round_prompts,
+                             consistency=consistency is not None)
     if consistency is not None and (kind != "counterfact" or not fluency):
         raise ValueError("consistency scores the fluency generations of a CounterFact dataset: "
                          + (f"{dataset} is {kind}" if kind != "counterfact" else "drop --no-fluency"))
     reference = consistency_reference(consistency) if consistency is not None else None
     edit = edit_summary(model)
     loaded = load_model(model, device)
-    kind, records = load_dataset(dataset, loaded.tok, round_prompts)
+    kind, records = (kind, plain) if plain is not None else load_dataset(dataset, loaded.tok, round_prompts)
     fluency = fluency and kind == "counterfact"  # only CounterFact has generation prompts
-    per_case, summary = prefixed_errors(dataset, lambda: evaluate_dataset(
-        loaded.model, loaded.tok, records, kind=kind, fluency=fluency, max_out_len=max_out_len, seed=seed,
-        consistency=reference))
+    with showing("eval"):  # the evaluation's progress bars
+        per_case, summary = prefixed_errors(dataset, lambda: evaluate_dataset(
+            loaded.model, loaded.tok, records, kind=kind, fluency=fluency, max_out_len=max_out_len, seed=seed,
+            consistency=reference))
     meta = {"model": loaded.name, "dataset": str(dataset), "kind": kind, "n_records": len(records),
             "round_prompts": str(round_prompts) if round_prompts is not None else None, "edit": edit,
             "fluency": {"seed": seed, "max_out_len": max_out_len} if fluency else None,
-            "consistency": reference.source if reference is not None else None}
-    write_report(json_out, per_case, summary, meta)
+            "consistency": reference.source if reference is not None else None, **(extra_meta or {})}
+    if plain is not None:
+        meta["format"] = "plain requests"
+    if json_out is not None:
+        write_report(json_out, per_case, summary, meta)
     return summary

@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import re
 import sys
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from tqdm.auto import tqdm
 
@@ -54,6 +56,25 @@ def set_quiet(quiet: bool) -> None:
 
 def is_quiet() -> bool:
     return _quiet
+
+
+_topics: ContextVar[frozenset] = ContextVar("progress_topics", default=frozenset())
+
+
+@contextmanager
+def showing(topic: str):
+    """Turn on the bars of `topic` (e.g. "eval") inside the block. Helpers deep in a computation ask
+    `shown(topic)`, so a command shows their bars without every caller between passing a flag, and
+    library users (simulate's many evaluations) see none."""
+    token = _topics.set(_topics.get() | {topic})
+    try:
+        yield
+    finally:
+        _topics.reset(token)
+
+
+def shown(topic: str) -> bool:
+    return topic in _topics.get()
 
 
 def note(message: str) -> None:
