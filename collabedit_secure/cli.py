@@ -231,12 +231,14 @@ def add_delta_commands(commands) -> None:
     apply.add_argument("--out", required=True, type=new_dir,
                        help="new or empty output directory (HF model + delta + edit_meta.json)")
     add_device_argument(apply)
+    add_verbosity_arguments(apply)
     apply.set_defaults(handler=_apply)
     revert = commands.add_parser("revert", help="take a saved delta off the model it was applied to")
     revert.add_argument("--model", required=True, help="the edited model: an HF directory")
     revert.add_argument("--delta", type=existing_dir, help="the delta folder (default: MODEL/delta)")
     revert.add_argument("--out", required=True, type=new_dir, help="new or empty output directory (HF model)")
     add_device_argument(revert)
+    add_verbosity_arguments(revert)
     revert.set_defaults(handler=_revert)
 
 
