@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import signal
 import sys
 import tempfile
@@ -270,10 +269,15 @@ def _simulate(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from .pipeline import run_eval
-
     from .eval.table import eval_table, footer
+    from .pipeline import check_model_path, run_eval
 
+    if args.base is not None:  # both before either is evaluated
+        check_model_path(args.model)
+        try:
+            check_model_path(args.base)
+        except (OSError, ValueError) as err:  # its messages name the option --model
+            raise CliError(str(err).replace("--model", "--base", 1)) from None
     refuse_overwriting_inputs(args.json, dataset=args.dataset, round_prompts=args.round_prompts,
                               consistency=args.consistency, model=args.model, base=args.base)
     settings = dict(fluency=not args.no_fluency, round_prompts=Path(args.round_prompts) if args.round_prompts else None,

@@ -107,6 +107,15 @@ def test_eval_prints_the_model_beside_its_base_on_the_plain_request_list(edited,
     assert captured.err == "" and captured.out.splitlines()[0].split() == ["metric", "n", "model"]
 
 
+def test_eval_checks_the_base_before_evaluating_either_model(edited, tmp_path, capsys):
+    files, out, _, _ = edited
+    report = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(out), "--base", str(tmp_path / "nope"), "--dataset", str(files["requests"]),
+                 "--json", str(report)]) == 2
+    assert capsys.readouterr().err == f"collabedit: error: --base {tmp_path / 'nope'}: no such model directory\n"
+    assert not report.exists()
+
+
 @pytest.mark.parametrize("change, extra, message", [
     (lambda r: {k: v for k, v in r.items() if k != "target_true"}, [],
      "edit request 1 has no 'target_true': eval scores an edit as p(target_new) > p(target_true)"),
