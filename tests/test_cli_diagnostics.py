@@ -120,7 +120,7 @@ def test_eval_checks_the_base_before_evaluating_either_model(edited, tmp_path, c
     (lambda r: {k: v for k, v in r.items() if k != "target_true"}, [],
      "edit request 1 has no 'target_true': eval scores an edit as p(target_new) > p(target_true)"),
     (lambda r: r, ["--consistency", "world"], "--consistency needs a conflict or CounterFact dataset"),
-])
+], ids=["no target_true", "consistency"])
 def test_eval_names_what_a_plain_request_list_lacks(change, extra, message, tmp_path, capsys):
     requests = tmp_path / "requests.json"
     requests.write_text(json.dumps([change(r) for r in REQUESTS]))
