@@ -3,8 +3,10 @@
     collabedit world build [--train [--out DIR] [--threads N]]
     collabedit stats --model M --layers 1 2 3 [--corpus world|PATH] [--samples N] [--hparams FILE] --out DIR
     collabedit edit --model M --requests FILE [--schedule S] [--hparams FILE] [--corpus PATH | --stats DIR] --out DIR
+    collabedit apply --model BASE --delta DIR --out DIR
+    collabedit revert --model EDITED [--delta DIR] --out DIR
     collabedit simulate [--parties N] [--edits-per-party M] [--rounds R] [--schedule S] [--methods ...] [--json OUT]
-    collabedit eval --model M --dataset PATH [--round-prompts FILE] [--no-fluency | --fluency-tokens N]
+    collabedit eval --model M --dataset PATH [--base M] [--round-prompts FILE] [--no-fluency | --fluency-tokens N]
                     [--consistency DIR|world] --json OUT
     collabedit bench kernels [--quick] [--repeats N] [--json OUT]
     collabedit bench privacy [--parties 2,4,8] [--dim 1024,4096] [--modes plain,mask,he] [--json OUT] [--plot OUT.png]
@@ -22,13 +24,14 @@ Heavy imports happen inside each command so that `--help` is instant.
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import signal
 import sys
 import tempfile
 from pathlib import Path
 
 from . import __version__
+from .diagnostics import add_verbosity_arguments, reporting
 from .files import json_safe
 
 
@@ -209,6 +212,39 @@ def _edit(args: argparse.Namespace) -> None:
     print(f"edited model written to {out}")
 
 
+def _apply(args: argparse.Namespace) -> None:
+    from .delta_commands import run_apply
+
+    print(f"edited model written to {run_apply(args.model, Path(args.delta), Path(args.out), args.device)}")
+
+
+def _revert(args: argparse.Namespace) -> None:
+    from .delta_commands import run_revert
+
+    delta = Path(args.delta) if args.delta else None
+    print(f"reverted model written to {run_revert(args.model, delta, Path(args.out), args.device)}")
+
+
+def add_delta_commands(commands) -> None:
+    """`apply` and `revert`: a delta saved by `edit` (EDITED/delta) onto its base, or off its edited model."""
+    apply = commands.add_parser("apply", help="apply a saved delta (an edit's delta/ folder) to the model it was "
+                                              "computed on")
+    apply.add_argument("--model", required=True, help="the base: HF directory, hub name, or 'default'")
+    apply.add_argument("--delta", required=True, type=existing_dir, help="a delta folder, e.g. EDITED/delta")
+    apply.add_argument("--out", required=True, type=new_dir,
+                       help="new or empty output directory (HF model + delta + edit_meta.json)")
+    add_device_argument(apply)
+    add_verbosity_arguments(apply)
+    apply.set_defaults(handler=_apply)
+    revert = commands.add_parser("revert", help="take a saved delta off the model it was applied to")
+    revert.add_argument("--model", required=True, help="the edited model: an HF directory")
+    revert.add_argument("--delta", type=existing_dir, help="the delta folder (default: MODEL/delta)")
+    revert.add_argument("--out", required=True, type=new_dir, help="new or empty output directory (HF model)")
+    add_device_argument(revert)
+    add_verbosity_arguments(revert)
+    revert.set_defaults(handler=_revert)
+
+
 def _simulate(args: argparse.Namespace) -> None:
     from .simulate import SimulationConfig, run_simulation
 
@@ -237,15 +273,26 @@ def _simulate(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from .pipeline import run_eval
+    from .eval.table import eval_table, footer
+    from .pipeline import check_model_path, run_eval
 
+    if args.base is not None:  # both before either is evaluated
+        check_model_path(args.model)
+        try:
+            check_model_path(args.base)
+        except (OSError, ValueError) as err:  # its messages name the option --model
+            raise CliError(str(err).replace("--model", "--base", 1)) from None
     refuse_overwriting_inputs(args.json, dataset=args.dataset, round_prompts=args.round_prompts,
-                              consistency=args.consistency, model=args.model)
-    round_prompts = Path(args.round_prompts) if args.round_prompts else None
-    summary = run_eval(args.model, Path(args.dataset), Path(args.json), fluency=not args.no_fluency,
-                       round_prompts=round_prompts, max_out_len=args.fluency_tokens, consistency=args.consistency,
-                       device=args.device)
-    print(json.dumps(json_safe(summary), indent=2, allow_nan=False))  # NaN (e.g. a std of nothing) prints as null
+                              consistency=args.consistency, model=args.model, base=args.base)
+    settings = dict(fluency=not args.no_fluency, round_prompts=Path(args.round_prompts) if args.round_prompts else None,
+                    max_out_len=args.fluency_tokens, consistency=args.consistency, device=args.device)
+    base, extra = None, None
+    if args.base is not None:  # first, so that a base that cannot be evaluated costs no report
+        base = run_eval(args.base, Path(args.dataset), None, **settings)
+        extra = {"base": {"model": args.base, "summary": json_safe(base)}}
+    summary = run_eval(args.model, Path(args.dataset), Path(args.json), extra_meta=extra, **settings)
+    print(eval_table(summary, base))
+    print(footer(args.model, summary, args.base, base))
 
 
 def _bench_kernels(args: argparse.Namespace) -> None:
@@ -322,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--out", required=True, type=output_dir,
                        help="directory for the npz files (MEMIT layout; made if missing, files there are kept)")
     add_device_argument(stats)
+    add_verbosity_arguments(stats)
     stats.set_defaults(handler=_stats)
 
     edit = commands.add_parser("edit", help="MEMIT edit of a model with a request file")
@@ -338,7 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--out", required=True, type=new_dir,
                       help="new or empty output directory (HF model + delta + edit_meta.json)")
     add_device_argument(edit)
+    add_verbosity_arguments(edit)
     edit.set_defaults(handler=_edit)
+
+    add_delta_commands(commands)
 
     sim = commands.add_parser("simulate", help="in-process collaborative editing experiment")
     sim.add_argument("--parties", type=positive_int, default=10, help="number of parties (default: 10)")
@@ -392,8 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CounterFact only: score consistency (MEMIT's reference score of the fluency generations) "
                          "against a directory with MEMIT's attribute_snippets.json, idf.npy and tfidf_vocab.json, "
                          "or 'world', the embedded world's facts")
+    ev.add_argument("--base", metavar="MODEL",
+                    help="also evaluate this model (the unedited base) on the same dataset and print both side by "
+                         "side with the change; its summary goes into the report's meta.base")
     ev.add_argument("--json", required=True, type=output_file, help="write the per-case report here")
     add_device_argument(ev)
+    add_verbosity_arguments(ev)
     ev.set_defaults(handler=_eval)
 
     bench = commands.add_parser("bench", help="benchmarks")
@@ -455,21 +510,39 @@ def _demo(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.handler(args)
+        # Only the commands with --verbose/--quiet: the daemons configure logging their own way.
+        with reporting(args.verbosity) if hasattr(args, "verbosity") else contextlib.nullcontext():
+            args.handler(args)
     except (CliError, OSError, ValueError) as err:  # e.g. a read-only cache: the message names the path
         print(f"collabedit: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # not a crash: no traceback
-        print(f"collabedit {args.command}: interrupted (C0 statistics checkpointed so far resume on the next run)",
-              file=sys.stderr)
-        return 130
+        return _stopped(args.command, "interrupted", 128 + signal.SIGINT)
+    except Terminated:
+        return _stopped(args.command, "terminated", 128 + signal.SIGTERM)
     return 0
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is: a BaseException like KeyboardInterrupt, so `finally`
+    blocks and `except BaseException` clean-ups run as for Ctrl-C, and `except Exception` does not
+    swallow it."""
+
+
+def _stopped(command: str, how: str, status: int) -> int:
+    print(f"collabedit {command}: {how} (C0 statistics checkpointed so far resume on the next run)",
+          file=sys.stderr)
+    return status
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
 
 
 def console_main() -> int:
     """The installed `collabedit`: SIGTERM (kill, a job scheduler's stop) unwinds like Ctrl-C, so a
-    world build removes its temporary folder and C0 keeps its checkpoint."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    world build removes its temporary folder and C0 keeps its checkpoint, and ends with one line."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
     return main()
 
 

@@ -456,19 +456,24 @@ def run_edit(model: str, requests_path: Path, schedule: str, out: Path, hparams_
              stats_dir: str | None, corpus: str = "world", device: str | None = None) -> Path:
     """`collabedit edit`: global MEMIT, written as an HF model dir plus the delta and edit_meta.json."""
     device, stats_dir = run_settings(hparams_path, device, stats_dir, corpus)
+    from .diagnostics import StageClock, edit_summary_line
     from .editing.memit import edit
 
     check_model_path(model)
     check_c0_source(model, corpus, stats_dir)
     check_requests(requests_path)
+    clock = StageClock()
     loaded = load_model(model, device)
     hparams = default_hparams(loaded, hparams_path, schedule)
     requests = read_requests(requests_path, loaded)
+    clock.lap("load")
     c0, sources = covariances(loaded, hparams, corpus=corpus, stats_dir=stats_dir)
+    clock.lap("C0")
     try:
         result = edit(loaded.model, loaded.tok, [requests], hparams, c0, schedule=schedule, stats_files=sources)
     except RequestError as err:  # e.g. a prompt too long for the model: name the file it came from
         raise RequestError(f"{requests_path}: {err}") from None
+    clock.add(result.seconds)
     result.delta.apply(loaded.model)
     out.mkdir(parents=True, exist_ok=True)
     # Saved as the base was stored (a bfloat16 checkpoint stays bfloat16); the delta itself applies
@@ -479,10 +484,23 @@ def run_edit(model: str, requests_path: Path, schedule: str, out: Path, hparams_
     meta = {key: result.delta.metadata.get(key) for key in
             ("schedule", "hparams", "context_templates", "request_ids", "stats_files", "model_fingerprint")}
     meta.update({"base_model": loaded.name, "n_requests": len(requests),
-                 "saved_dtype": str(loaded.stored_dtype).removeprefix("torch.")})
+                 "saved_dtype": str(loaded.stored_dtype).removeprefix("torch."),
+                 "module_templates": module_templates(loaded.model, hparams)})
     (out / "edit_meta.json").write_text(json.dumps(meta, indent=2, default=str))
     share_as_umask_allows(*out.rglob("*"))  # safetensors writes 0600: others could not read the model
+    clock.lap("save")
+    log.info("%s", edit_summary_line(len(requests), hparams.layers, hparams.mom2_update_weight, schedule, sources,
+                                     clock.stages))
     return out
+
+
+def module_templates(model, hparams: MemitHparams) -> dict[str, str]:
+    """The module templates the edit used, by MEMIT's hparams field names: the family's defaults with
+    the hparams' overrides, as resolved on this model (an hparams file may leave them out)."""
+    templates = ModelAdapter.from_model(model, hparams).templates
+    return {"rewrite_module_tmp": templates.rewrite, "layer_module_tmp": templates.layer,
+            "mlp_module_tmp": templates.mlp, "attn_module_tmp": templates.attn,
+            "ln_f_module": templates.ln_f, "lm_head_module": templates.lm_head}
 
 
 EDIT_META_KEYS = ("schedule", "n_requests", "base_model", "model_fingerprint")
@@ -509,34 +527,48 @@ def edit_summary(model: str) -> dict | None:
     return summary
 
 
-def run_eval(model: str, dataset: Path, json_out: Path, fluency: bool = True, round_prompts: Path | None = None,
-             seed: int = 0, max_out_len: int = 100, consistency: str | None = None, device: str = "cpu") -> dict:
+def run_eval(model: str, dataset: Path, json_out: Path | None, fluency: bool = True,
+             round_prompts: Path | None = None, seed: int = 0, max_out_len: int = 100, consistency: str | None = None,
+             device: str = "cpu", extra_meta: dict | None = None) -> dict:
     """`collabedit eval`: metrics of a model on a CounterFact/zsRE/conflict file.
 
     `round_prompts` (conflict files only): the relation probes of spec 2.9. `consistency` ('world' or a
     directory of MEMIT's snippet and TF-IDF files) adds the reference score. Everything checkable without
     the model (dataset, round prompts, consistency files, edit_meta.json) is checked before it loads.
+    A plain request list (as `edit --requests` takes) is scored on its rewrite prompts (eval/plain.py).
+    `json_out` None writes no report; `extra_meta` goes into the report's meta.
     """
     from .eval.consistency import consistency_reference
     from .eval.datasets import check_dataset, load_dataset, prefixed_errors
+    from .eval.plain import plain_eval_records
     from .eval.report import evaluate_dataset, write_report
+    from .progress import showing
 
     device = resolve_device(device)
-    kind = check_dataset(dataset, fluency=fluency, round_prompts=round_prompts, consistency=consistency is not None)
+    plain = plain_eval_records(dataset, round_prompts, consistency is not None)
+    if plain is not None:
+        kind, fluency = "counterfact", False  # no generation prompts to sample from
+    else:
+        kind = check_dataset(dataset, fluency=fluency, round_prompts=round_prompts,
+                             consistency=consistency is not None)
     if consistency is not None and (kind != "counterfact" or not fluency):
         raise ValueError("consistency scores the fluency generations of a CounterFact dataset: "
                          + (f"{dataset} is {kind}" if kind != "counterfact" else "drop --no-fluency"))
     reference = consistency_reference(consistency) if consistency is not None else None
     edit = edit_summary(model)
     loaded = load_model(model, device)
-    kind, records = load_dataset(dataset, loaded.tok, round_prompts)
+    kind, records = (kind, plain) if plain is not None else load_dataset(dataset, loaded.tok, round_prompts)
     fluency = fluency and kind == "counterfact"  # only CounterFact has generation prompts
-    per_case, summary = prefixed_errors(dataset, lambda: evaluate_dataset(
-        loaded.model, loaded.tok, records, kind=kind, fluency=fluency, max_out_len=max_out_len, seed=seed,
-        consistency=reference))
+    with showing("eval"):  # the evaluation's progress bars
+        per_case, summary = prefixed_errors(dataset, lambda: evaluate_dataset(
+            loaded.model, loaded.tok, records, kind=kind, fluency=fluency, max_out_len=max_out_len, seed=seed,
+            consistency=reference))
     meta = {"model": loaded.name, "dataset": str(dataset), "kind": kind, "n_records": len(records),
             "round_prompts": str(round_prompts) if round_prompts is not None else None, "edit": edit,
             "fluency": {"seed": seed, "max_out_len": max_out_len} if fluency else None,
-            "consistency": reference.source if reference is not None else None}
-    write_report(json_out, per_case, summary, meta)
+            "consistency": reference.source if reference is not None else None, **(extra_meta or {})}
+    if plain is not None:
+        meta["format"] = "plain requests"
+    if json_out is not None:
+        write_report(json_out, per_case, summary, meta)
     return summary

@@ -10,10 +10,13 @@ from __future__ import annotations
 import io
 import re
 import sys
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from tqdm.auto import tqdm
 
 LOG_INTERVAL_S = 5.0
+_quiet = False  # `--quiet`: no bar anywhere, whatever the caller asked for
 _CONTROL = re.compile(r"\r|\x1b\[[0-9;]*[A-Za-z]")  # carriage returns and ANSI cursor moves
 
 
@@ -37,13 +40,41 @@ def stderr_is_terminal() -> bool:
 
 def progress(iterable=None, *, desc: str, enabled: bool = True, **kwargs) -> tqdm:
     """tqdm(iterable, desc=...), as a bar on a terminal and as sparse log lines elsewhere."""
-    if not enabled:
+    if not enabled or _quiet:
         return tqdm(iterable, desc=desc, disable=True, **kwargs)
     if stderr_is_terminal():
         return tqdm(iterable, desc=desc, **kwargs)
     kwargs.pop("leave", None)  # a log keeps every line anyway
     return tqdm(iterable, desc=desc, file=_LogLines(), ascii=True, mininterval=LOG_INTERVAL_S,
                 maxinterval=LOG_INTERVAL_S * 4, dynamic_ncols=False, ncols=100, **kwargs)
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = bool(quiet)
+
+
+def is_quiet() -> bool:
+    return _quiet
+
+
+_topics: ContextVar[frozenset] = ContextVar("progress_topics", default=frozenset())
+
+
+@contextmanager
+def showing(topic: str):
+    """Turn on the bars of `topic` (e.g. "eval") inside the block. Helpers deep in a computation ask
+    `shown(topic)`, so a command shows their bars without every caller between passing a flag, and
+    library users (simulate's many evaluations) see none."""
+    token = _topics.set(_topics.get() | {topic})
+    try:
+        yield
+    finally:
+        _topics.reset(token)
+
+
+def shown(topic: str) -> bool:
+    return topic in _topics.get()
 
 
 def note(message: str) -> None:

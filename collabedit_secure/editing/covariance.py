@@ -332,12 +332,14 @@ def layer_stats(model, tok, layer_name: str, texts: list[str], *, n_samples: int
     identity = dict(layer=layer_name, architecture=layout_digest(model), model=info["model"])
     shipped = read_shipped_stat(shipped_dir / f"{stem}.npz") if shipped_dir is not None else None
     if shipped is not None:
+        log.info("C0 %s: shipped with the model (%d tokens)", layer_name, shipped.count)
         return dataclasses.replace(shipped, **identity)
     directory = cache_root(cache_dir) / "stats"
     directory.mkdir(parents=True, exist_ok=True)
     cache = StatsCache(directory, stem)
     cached = cache.load()
     if cached is not None:  # the key hashes the identity, so files cached before it was stored get it too
+        log.info("C0 %s: cached in %s (%d tokens)", layer_name, cache.final, cached.count)
         return dataclasses.replace(cached, **identity)
 
     was_training = model.training
@@ -358,4 +360,6 @@ def layer_stats(model, tok, layer_name: str, texts: list[str], *, n_samples: int
         model.train(was_training)
     stat = SecondMoment(acc, count, **identity)
     cache.store(stat, info)
+    log.info("C0 %s: computed over %d documents (%d tokens), cached in %s", layer_name, len(texts), count,
+             cache.final)
     return stat

@@ -15,7 +15,8 @@ Global MEMIT is one party holding every request; a party's local MEMIT is one pa
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -103,6 +104,7 @@ class EditResult:
     contributions: list[dict[int, LayerContribution]]  # per party, per layer, if asked for (else empty)
     targets: list[torch.Tensor]  # per party, Z (hidden x n_i, float64): what the edit asked for
     lambdas: dict[str, float]  # lambda per module, for C_acc += λ S_KK
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage: compute_z, then keys and solve
 
 
 def _check_parties(parties) -> None:
@@ -188,8 +190,11 @@ def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0
         # Targets in the model's own precision, as MEMIT: each is a function of the unedited weights
         # and one request, so every party and global editing get the same z in any precision. The
         # float64 copy is for the keys, which see the updates of earlier layers.
+        started = time.perf_counter()
         for worker in workers:
             worker.compute_targets()
+        seconds = {"compute_z": time.perf_counter() - started}
+        started = time.perf_counter()
         if hparams.edit_dtype == "float64":
             model.double()  # exact: every float32 value is a float64, and converts back unchanged
         originals = {layer: adapter.weight_out_in(model, layer).detach().clone() for layer in layers}
@@ -200,6 +205,7 @@ def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0
         else:
             updates, s_kk, kept = _run_sequential(model, adapter, workers, originals, names, exchange,
                                                   keep_contributions)
+        seconds["keys+solve"] = time.perf_counter() - started
     finally:
         with torch.no_grad():  # never leave the shared model edited
             for layer, weight in originals.items():
@@ -216,7 +222,7 @@ def edit(model, tok, parties: list[list[EditRequest]], hparams: MemitHparams, c0
         "weights_dtype": str(dtypes[f"{names[0]}.weight"]).removeprefix("torch."),
         "model_family": adapter.family, "dynamic_covariance": bool(c_acc), **creation_info(),
     }
-    return EditResult(EditDelta(updates, metadata), s_kk, kept, [w.targets for w in workers], lam)
+    return EditResult(EditDelta(updates, metadata), s_kk, kept, [w.targets for w in workers], lam, seconds)
 
 
 def _float_dtypes(model) -> dict[str, torch.dtype]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,12 +29,18 @@ from .tokens import context_limit, continuation_ids, encode_ids, quoted, subject
 
 KL_PROMPT = "{} is a"
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class TargetResult:
     z: torch.Tensor  # (hidden,) float64
     z_init: torch.Tensor
     losses: list[float] = field(default_factory=list)
+    # MEMIT's "avg prob of [target_new]": exp(-mean NLL per target token), averaged over the rewriting
+    # prompts, on the unedited model (first step) and with the returned z (last step).
+    prob_before: float = float("nan")
+    prob_after: float = float("nan")
 
 
 @contextmanager
@@ -107,7 +114,7 @@ def compute_z(model, tok, adapter: ModelAdapter, hp: MemitHparams, request: Edit
         hidden[rows, lookup] = (hidden[rows, lookup] + delta).to(hidden.dtype)
         return hidden
 
-    losses = []
+    losses, probs = [], []
     # Blocks up to z_layer see the same inputs in every step: run once, replayed after.
     constant = [adapter.layer_name(layer) for layer in range(hp.z_layer + 1)]
     with frozen(model), torch.enable_grad(), replay_outputs(model, constant):
@@ -119,7 +126,8 @@ def compute_z(model, tok, adapter: ModelAdapter, hp: MemitHparams, request: Edit
             logp = torch.log_softmax(adapter.unembed(model, seen[loss_name][:n_rw]), dim=-1)
             mask = labels != -100
             token_logp = logp.gather(2, labels.clamp(min=0).unsqueeze(2)).squeeze(2)
-            nll = (-(token_logp * mask).sum(1) / len(target_ids)).mean()
+            nll_each = -(token_logp * mask).sum(1) / len(target_ids)
+            nll = nll_each.mean()
             # KL at the subject's last token of "{} is a", against the first pass.
             kl_logp = torch.log_softmax(logits[n_rw:][torch.arange(1), lookup[n_rw:]], dim=-1)
             if "kl_init" not in state:
@@ -129,6 +137,9 @@ def compute_z(model, tok, adapter: ModelAdapter, hp: MemitHparams, request: Edit
             weight_decay = hp.v_weight_decay * (delta.norm() / z_init.norm() ** 2)
             loss = nll + kl + weight_decay
             losses.append(loss.item())
+            probs.append(torch.exp(-nll_each.detach()).mean().item())
+            log.debug("  step %d: loss %.4f = nll %.4f + kl %.4f + weight decay %.4f, p(target) %.4f",
+                      step, loss.item(), nll.item(), kl.item(), weight_decay.item(), probs[-1])
             if loss.item() < hp.v_early_stop_loss or step == hp.v_num_grad_steps - 1:
                 break
             loss.backward()
@@ -138,7 +149,9 @@ def compute_z(model, tok, adapter: ModelAdapter, hp: MemitHparams, request: Edit
                 if delta.norm() > radius:
                     delta.mul_(radius / delta.norm())
     z_init = state["z_init"].double().cpu()
-    return TargetResult(z=z_init + delta.detach().double().cpu(), z_init=z_init, losses=losses)
+    # The loop ends before an optimizer step, so the last loss and probability are those of the returned z.
+    return TargetResult(z=z_init + delta.detach().double().cpu(), z_init=z_init, losses=losses,
+                        prob_before=probs[0], prob_after=probs[-1])
 
 
 def check_prompts_fit(model, tok, requests, templates: list[list[str]]) -> None:
@@ -204,12 +217,18 @@ def compute_targets(model, tok, adapter, hp, requests, templates, cache: TargetC
     context = TargetCache.context(model, hp, templates) if cache is not None else ""
     columns = []
     # The slow part of an edit (seconds per request on a CPU): a bar on terminals, silent in logs.
-    for request in progress(requests, desc="compute_z", unit="request", leave=False):
+    for number, request in enumerate(progress(requests, desc="compute_z", unit="request", leave=False), 1):
         z = cache.get(context, request) if cache is not None else None
+        where = f"compute_z {number}/{len(requests)} {request.case_id!r} ({request.subject} ->{request.target_new})"
         if z is None:
             started = time.perf_counter()
-            z = compute_z(model, tok, adapter, hp, request, templates).z
+            result = compute_z(model, tok, adapter, hp, request, templates)
+            z, elapsed = result.z, time.perf_counter() - started
             if cache is not None:
-                cache.put(context, request, z, time.perf_counter() - started)
+                cache.put(context, request, z, elapsed)
+            log.info("%s: p(target) %.4f -> %.4f, loss %.4f after %d step(s), %.1fs", where,
+                     result.prob_before, result.prob_after, result.losses[-1], len(result.losses), elapsed)
+        else:
+            log.info("%s: reused the target computed earlier for these weights", where)
         columns.append(z)
     return torch.stack(columns, dim=1)

@@ -20,6 +20,7 @@ import torch
 from nltk.tokenize import NLTKWordTokenizer
 
 from collabedit_secure.eval.nll import check_finite, check_fits, context_limit, quoted
+from collabedit_secure.progress import progress, shown
 
 _WORDS = NLTKWordTokenizer()
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -53,7 +54,8 @@ def generate_texts(
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     generator = torch.Generator().manual_seed(seed)
     texts: list[str] = [""] * len(prompts)
-    for start in range(0, len(order), batch_size):
+    batches = range(0, len(order), batch_size)
+    for start in progress(batches, desc="eval: fluency samples", unit="batch", enabled=shown("eval"), leave=False):
         chunk = order[start : start + batch_size]
         outputs = _sample_batch(model, tok, [encoded[i] for i in chunk], max_out_len, top_k, generator)
         for index, ids in zip(chunk, outputs):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from collabedit_secure.progress import progress, shown
+
 from collabedit_secure.editing.tokens import context_limit, continuation_ids, quoted  # noqa: F401 (re-exported)
 from collabedit_secure.eval.datasets import DatasetFormatError
 
@@ -48,7 +50,8 @@ def target_nll(model, tok, prefixes: list[str], targets: list[str], batch_size: 
     prefix_ids, target_ids = tokenize_pairs(model, tok, prefixes, targets)
     order = sorted(range(len(prefixes)), key=lambda i: len(prefix_ids[i]) + len(target_ids[i]))
     out = torch.empty(len(prefixes), dtype=torch.float64)
-    for start in range(0, len(order), batch_size):
+    batches = range(0, len(order), batch_size)
+    for start in progress(batches, desc="eval: scoring", unit="batch", enabled=shown("eval"), leave=False):
         chunk = order[start : start + batch_size]
         out[chunk] = batch_nll(model, tok, [prefix_ids[i] for i in chunk], [target_ids[i] for i in chunk],
                                lambda row: prefixes[chunk[row]])

@@ -23,6 +23,7 @@ from collabedit_secure.editing.tokens import continuation_ids
 from collabedit_secure.eval.counterfact import summarize_metrics
 from collabedit_secure.eval.datasets import validate_counterfact_records
 from collabedit_secure.eval.nll import check_finite, check_fits, context_limit, quoted
+from collabedit_secure.progress import progress, shown
 
 ACC_KEYS = ("rewrite_acc", "paraphrase_acc", "neighborhood_acc")
 PAPER_NAMES = {"rewrite_acc": "efficacy", "paraphrase_acc": "generalization", "neighborhood_acc": "specificity"}
@@ -66,7 +67,8 @@ def next_token_correct(model, tok, probes: list[Probe], batch_size: int = 64) ->
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     limit = context_limit(model)
     correct = {}
-    for start in range(0, len(unique), batch_size):
+    batches = range(0, len(unique), batch_size)
+    for start in progress(batches, desc="eval: zsRE probes", unit="batch", enabled=shown("eval"), leave=False):
         chunk = unique[start : start + batch_size]
         for probe in chunk:
             check_fits(len(probe.prefix), limit, f"zsRE prompt {quoted(probe.prompt)}")
