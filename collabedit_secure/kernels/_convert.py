@@ -78,7 +78,15 @@ def array_module(x: Any) -> Any:
 
 
 def all_finite(x: Any) -> bool:
-    return bool(array_module(x).isfinite(x).all())
+    """Every entry finite. A sum is NaN or ±Inf if any entry is, and finite otherwise unless it
+    overflows, so one reduction decides the common case without a boolean array of x's size
+    (torch's isfinite(x).all() took 20 % of a d = 4096 solve); a non-finite sum pays for the
+    exact elementwise test."""
+    xp = array_module(x)
+    with np.errstate(over="ignore", invalid="ignore"):  # numpy warns of the overflow it reports
+        if bool(xp.isfinite(x.sum())):
+            return True
+    return bool(xp.isfinite(x).all())
 
 
 def check_seed(seed: Any, name: str) -> bytes:
