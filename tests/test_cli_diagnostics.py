@@ -33,8 +33,16 @@ def edited(tmp_path_factory):
     folder = tmp_path_factory.mktemp("diag")
     files = write_inputs(folder)
     err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        assert main(edit_argv(files, folder / "edited")) == 0
+    cache = os.environ.get("COLLABEDIT_CACHE")
+    os.environ["COLLABEDIT_CACHE"] = str(folder / "cache")  # C0 is computed now, not found in a cache
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            assert main(edit_argv(files, folder / "edited")) == 0
+    finally:
+        if cache is None:
+            os.environ.pop("COLLABEDIT_CACHE", None)
+        else:
+            os.environ["COLLABEDIT_CACHE"] = cache
     return files, folder / "edited", err.getvalue().splitlines(), out.getvalue()
 
 

@@ -72,15 +72,26 @@ def one_thread():
 
 
 @pytest.fixture
-def inputs(tmp_path, shared_data, monkeypatch):
-    """A corpus file (66 documents), tiny hparams, and one real MultiCounterFact record; C0's cache in
-    tmp_path."""
+def inputs(tmp_path, monkeypatch):
+    """A corpus file (66 documents), tiny hparams, and one record in MultiCounterFact's exact schema
+    (written here, so these tests need no dataset); C0's cache in tmp_path."""
     monkeypatch.setenv("COLLABEDIT_CACHE", str(tmp_path / "cache"))
     (tmp_path / "corpus.txt").write_text("\n".join(sorted(set(corpus()))))
     (tmp_path / "hparams.yaml").write_text(HPARAMS)
-    records = json.loads((shared_data / "counterfact" / "multi_counterfact-30.json").read_text())[:1]
-    (tmp_path / "cf.json").write_text(json.dumps(records))
+    (tmp_path / "cf.json").write_text(json.dumps([COUNTERFACT_RECORD]))
     return tmp_path
+
+
+COUNTERFACT_RECORD = {
+    "case_id": 0, "pararel_idx": 0,
+    "requested_rewrite": {"prompt": "The mother tongue of {} is", "relation_id": "P103", "subject": "Danielle Darrieux",
+                          "target_new": {"str": "English", "id": "Q1860"}, "target_true": {"str": "French", "id": "Q150"}},
+    "paraphrase_prompts": ["She grew up in Bordeaux. Danielle Darrieux's mother tongue is",
+                           "Danielle Darrieux spoke from birth the language"],
+    "neighborhood_prompts": ["The mother tongue of Jean Gabin is", "Michel Piccoli's mother tongue is"],
+    "attribute_prompts": ["The mother tongue of Helen Mirren is", "Emma Thompson's mother tongue is"],
+    "generation_prompts": ["Danielle Darrieux's mother tongue is", "Where Danielle Darrieux is from, people speak"],
+}
 
 
 def test_every_claimed_family_is_tested_here():
