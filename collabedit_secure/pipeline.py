@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from .devices import DeviceError, compute_device, resolve_device
-from .editing.adapters import ModelAdapter
+from .editing.adapters import HPARAMS_FIELD, ModelAdapter
 from .editing.covariance import (
     SecondMoment, check_stats_identity, corpus_sample, export_memit_stats, import_memit_stats, layer_stats,
 )
@@ -185,8 +185,7 @@ def scale_to_depth(shipped: MemitHparams, n_layer: int) -> MemitHparams:
     """
     depth = shipped.v_loss_layer + 1
     first, last = (layer * n_layer // depth for layer in (shipped.layers[0], shipped.layers[-1]))
-    templates = {field: None for field in ("rewrite_module_tmp", "layer_module_tmp", "mlp_module_tmp",
-                                           "attn_module_tmp", "ln_f_module", "lm_head_module")}
+    templates = {field: None for field in HPARAMS_FIELD.values()}  # the family's own, from adapters.py
     return dataclasses.replace(shipped, layers=list(range(first, last + 1)), v_loss_layer=n_layer - 1, **templates)
 
 

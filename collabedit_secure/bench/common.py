@@ -224,3 +224,9 @@ def dump_json(report) -> str:
     timeline would otherwise take a line per number)."""
     text = json.dumps(json_safe(report), indent=2, allow_nan=False)
     return _FLAT_LIST.sub(lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text) + "\n"
+
+
+def write_report(path: str | Path, report) -> None:
+    """The report as dump_json writes it, its folder made (output_file checked it can be)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(dump_json(report))

@@ -41,8 +41,8 @@ import numpy as np
 
 from collabedit_secure.cli import output_file, positive_int
 
-from .common import (MODES, dump_json, events, int_list, log_tail, modes, proc_status, reset_peak, run_round,
-                     synthetic_federation, threshold_for)
+from .common import (MODES, events, int_list, log_tail, modes, proc_status, reset_peak, run_round,
+                     synthetic_federation, threshold_for, write_report)
 
 SHAPES = {"gpt2-xl": (6400, 1600), "gpt-j": (16384, 4096), "llama-7b": (11008, 4096)}  # (d_in, d_out)
 RANK = 32  # keys (and residuals) behind each party's synthetic statistics
@@ -447,8 +447,7 @@ def run(args: argparse.Namespace) -> dict:
     if keep_work or args.keep:
         print(f"\nfolders kept in {work}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(dump_json(report))
+        write_report(args.json, report)
     return report
 
 

@@ -43,8 +43,9 @@ import numpy as np
 
 from collabedit_secure.cli import output_file, positive_int
 
-from .common import MODES, dump_json, events as _events, int_list as _int_list, log_tail as _log_tail, machine_info, mean as _mean
+from .common import MODES, events as _events, int_list as _int_list, log_tail as _log_tail, machine_info, mean as _mean
 from .common import modes as _modes, run_round, sum_field as _sum_field, synthetic_federation, threshold_for
+from .common import write_report
 
 __all__ = ["MODES", "machine_info", "threshold_for", "run", "run_configuration", "write_data", "add_ratios",
            "format_table", "naive_he"]
@@ -513,8 +514,7 @@ def run(args: argparse.Namespace) -> dict:
     if keep_work or args.keep:
         print(f"\nfederation folders kept in {work}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(dump_json(report))
+        write_report(args.json, report)
     if args.plot:
         write_plot(args.plot, rows, measured_naive)
     return report

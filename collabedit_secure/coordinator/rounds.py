@@ -29,11 +29,10 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import torch
 
-from collabedit_secure.blockio import add_upper, c0_into, le_bytes, packed_blocks, release_free_memory
-from collabedit_secure.kernels import regularized_solve, ring_add, safe_bound
-from collabedit_secure.merging.collabedit import collabedit_merge
+from collabedit_secure.blockio import le_bytes, packed_blocks, release_free_memory
+from collabedit_secure.kernels import ring_add, safe_bound
+from collabedit_secure.merging.collabedit import merge_layer
 from collabedit_secure.protocol.encoding import Binding
 from collabedit_secure.protocol.fixedpoint import RoundNumerics
 from collabedit_secure.protocol.he import HeError, load_public_context, summed_blocks
@@ -824,15 +823,8 @@ class Rounds:
         s_kk = self._decoded_sum(record, layer, S_KK, sums[(layer, S_KK)], secrets, adverts)
         s_rk = np.ascontiguousarray(self._decoded_sum(record, layer, S_RK, sums[(layer, S_RK)], secrets, adverts))
         unmasked = time.monotonic()
-        if torch.device(self.config.device).type == "cpu":
-            delta = self._solve_in_place(spec, layer, s_kk, s_rk, c_acc_path)
-        else:  # the compiled CUDA solve: operands moved to the device once
-            device = torch.device(self.config.device)
-            c_acc = None if c_acc_path is None else np.concatenate(list(packed_blocks(c_acc_path, spec.d_in)))
-            on = lambda array: torch.from_numpy(array).to(device)  # noqa: E731
-            delta = collabedit_merge(self.config.c0[spec.module_name].to(device), self.lam[layer], on(s_kk), on(s_rk),
-                                     None if c_acc is None else on(c_acc), layer=spec.module_name)
-            delta = delta.to(torch.float64).cpu().numpy()
+        delta = merge_layer(self.config.c0, spec.module_name, self.lam[layer], s_kk, s_rk, c_acc_path,
+                            self.config.device)
         del s_rk
         stem = f"r{record['id']}-l{layer}"
         kk_path = self.store.new_generation_file("results", stem + "-s_kk", 0, [le_bytes(s_kk)])
@@ -848,17 +840,6 @@ class Rounds:
         log_event("layer_solved", round=record["id"], layer=layer, bytes=dw_bytes,
                   seconds=round(time.monotonic() - started, 3), unmask_seconds=round(unmasked - started, 3),
                   solve_seconds=round(time.monotonic() - unmasked, 3))
-
-    def _solve_in_place(self, spec, layer: int, s_kk: np.ndarray, s_rk: np.ndarray, c_acc_path) -> np.ndarray:
-        """lambda C0 + C_acc assembled in one d x d buffer (C0 read into it, C_acc added from its
-        file a block of rows at a time), then the kernel adds S_KK and solves in place: the same
-        operations in the same order as collabedit_merge, so the same bits."""
-        system = c0_into(self.config.c0, spec.module_name, np.empty((spec.d_in, spec.d_in)))
-        lam = self.lam[layer]
-        if c_acc_path is not None:
-            add_upper(system, c_acc_path, scale=lam)
-            lam = 1.0  # already applied: 1.0 * x is exact
-        return regularized_solve(system, lam, s_kk, s_rk, layer=spec.module_name, overwrite=True)
 
     def result(self, party, round_id: int, layer: int) -> tuple[Path, bytes, list[int]]:
         """(file, sha256, shape) of a solved layer's Delta W (float64 little-endian, d_out x d_in)."""

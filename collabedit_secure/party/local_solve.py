@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from collabedit_secure.blockio import RowSum, add_upper, c0_into, memmap_npz, packed_blocks, write_npz
-from collabedit_secure.kernels import regularized_solve
-from collabedit_secure.merging.collabedit import collabedit_merge
+from collabedit_secure.blockio import RowSum, memmap_npz, packed_blocks, write_npz
+from collabedit_secure.merging.collabedit import merge_layer
 
 
 class LocalSolver:
@@ -43,23 +42,9 @@ class LocalSolver:
         """ΔW of one layer from the decrypted sums (s_rk may be overwritten); λ S_KK is kept for commit()."""
         if module not in self.c0:
             raise KeyError(f"no C0 for {module} (layer {layer})")
-        lam, c_acc = self.lambdas[module], self.c_acc().get(module)
+        lam = self.lambdas[module]
         s_kk_upper = np.ascontiguousarray(s_kk_upper, dtype=np.float64)
-        s_rk = np.ascontiguousarray(s_rk, dtype=np.float64)
-        d_in = s_rk.shape[1]
-        if self.device.type == "cpu":
-            system = c0_into(self.c0, module, np.empty((d_in, d_in)))
-            if c_acc is not None:
-                add_upper(system, c_acc, scale=lam)  # λ C0 + C_acc, as the kernel would assemble it
-            delta = regularized_solve(system, 1.0 if c_acc is not None else lam, s_kk_upper, s_rk,
-                                      layer=module, overwrite=True)
-            del system
-        else:  # the CUDA solve: operands moved to the device once
-            on = lambda array: torch.from_numpy(np.ascontiguousarray(array)).to(self.device)  # noqa: E731
-            packed_acc = None if c_acc is None else np.concatenate(list(packed_blocks(c_acc, d_in)))
-            delta = collabedit_merge(self.c0[module].to(self.device), lam, on(s_kk_upper), on(s_rk),
-                                     None if packed_acc is None else on(packed_acc), layer=module)
-            delta = delta.to(torch.float64).cpu().numpy()
+        delta = merge_layer(self.c0, module, lam, s_kk_upper, s_rk, self.c_acc().get(module), self.device)
         self._keep_pending(module, lam, s_kk_upper)
         return delta
 
